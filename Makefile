@@ -1,0 +1,36 @@
+# Every target installs what it needs first, so a newcomer types one command.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test unit lint crds clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## The whole suite: unit, property, integration and end-to-end tests.
+test: setup
+	$(BIN)/python -m pytest
+
+## Fast tests only: no control plane, no Prometheus.
+unit: setup
+	$(BIN)/python -m pytest -m "not cluster and not prometheus and not e2e" tests/unit
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Regenerate crds/ from the pydantic models (a test fails when it is stale).
+crds: setup
+	$(BIN)/python -m backtest_operator.crd > crds/backtest.dev_backtestservices.yaml
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
