@@ -33,13 +33,22 @@ _DROPPED_KEYS = {"title", "$defs"}
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Rollout state"},
     {"name": "Step", "type": "string", "jsonPath": ".status.stepName", "description": "Current phase"},
-    {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight",
-     "description": "Percentage of traffic on the new revision"},
+    {
+        "name": "Weight",
+        "type": "integer",
+        "jsonPath": ".status.canaryWeight",
+        "description": "Percentage of traffic on the new revision",
+    },
     {"name": "Stable", "type": "string", "jsonPath": ".status.stableRevision"},
     {"name": "Canary", "type": "string", "jsonPath": ".status.canaryRevision"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    {"name": "Verdict", "type": "string", "jsonPath": ".status.lastAnalysis.verdict", "priority": 1,
-     "description": "Verdict of the latest evaluation"},
+    {
+        "name": "Verdict",
+        "type": "string",
+        "jsonPath": ".status.lastAnalysis.verdict",
+        "priority": 1,
+        "description": "Verdict of the latest evaluation",
+    },
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]
 
@@ -100,9 +109,9 @@ def _apply_factory_defaults(model: type[BaseModel], schema: Schema) -> None:
     """Spell out defaults that pydantic computes with a factory, so the API server applies them too."""
     for name, field in model.model_fields.items():
         prop = schema["properties"][field.alias or name]
-        if field.default_factory is not None:
+        if field.default_factory is not None and field.annotation is not None:
             value = field.default_factory()  # type: ignore[call-arg]
-            prop["default"] = TypeAdapter(field.annotation).dump_python(
+            prop["default"] = TypeAdapter[Any](field.annotation).dump_python(
                 value, mode="json", by_alias=True, exclude_none=True
             )
         nested = _model_in(field.annotation)

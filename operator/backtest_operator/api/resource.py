@@ -22,8 +22,8 @@ SHORT_NAMES = ["bts"]
 class BacktestService(ApiModel):
     """A whole manifest, as read from a file (the simulator) or from the API server."""
 
-    api_version: Literal["backtest.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
-    kind: Literal["BacktestService"] = KIND
+    api_version: Literal["backtest.dev/v1alpha1"] = Field(default="backtest.dev/v1alpha1", alias="apiVersion")
+    kind: Literal["BacktestService"] = "BacktestService"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: BacktestServiceSpec
     status: BacktestServiceStatus | None = None

@@ -8,6 +8,7 @@ become CEL rules, so the API server refuses bad objects with the same rules the 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -157,14 +158,10 @@ class Phase(ApiModel):
 def default_phases() -> list[Phase]:
     """The product's default rollout: canary 1%, testing 10%, validation 50%, full 100%."""
     return [
-        Phase(name="canary", weight=1, duration=timedelta(minutes=10), min_success_rate=0.95,
-              max_error_rate=0.02),
-        Phase(name="testing", weight=10, duration=timedelta(minutes=30), min_success_rate=0.95,
-              max_error_rate=0.03),
-        Phase(name="validation", weight=50, duration=timedelta(hours=1), min_success_rate=0.97,
-              max_error_rate=0.02),
-        Phase(name="full", weight=100, duration=timedelta(minutes=15), min_success_rate=0.98,
-              max_error_rate=0.01),
+        Phase(name="canary", weight=1, duration=timedelta(minutes=10), min_success_rate=0.95, max_error_rate=0.02),
+        Phase(name="testing", weight=10, duration=timedelta(minutes=30), min_success_rate=0.95, max_error_rate=0.03),
+        Phase(name="validation", weight=50, duration=timedelta(hours=1), min_success_rate=0.97, max_error_rate=0.02),
+        Phase(name="full", weight=100, duration=timedelta(minutes=15), min_success_rate=0.98, max_error_rate=0.01),
     ]
 
 
@@ -236,7 +233,7 @@ class BacktestServiceSpec(PodSettings):
     def _phases_are_consistent(self) -> BacktestServiceSpec:
         """The same rules the CRD enforces with CEL, for manifests read outside the API server."""
         weights = [p.weight for p in self.phases]
-        if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(weights)):
             raise ValueError("phases: phase weights must be strictly increasing")
         if weights[-1] != 100:
             raise ValueError("phases: the last phase must have weight 100")
@@ -248,9 +245,7 @@ class BacktestServiceSpec(PodSettings):
     def pod(self) -> PodSettings:
         """The pod-defining part of the spec: what a revision is made of."""
         fields = set(PodSettings.model_fields)
-        return PodSettings.model_validate(
-            {name: getattr(self, name) for name in fields}
-        )
+        return PodSettings.model_validate({name: getattr(self, name) for name in fields})
 
     def revision(self) -> str:
         return revision_of(self.pod())
