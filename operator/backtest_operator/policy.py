@@ -40,7 +40,7 @@ from backtest_operator.api import (
     format_duration,
 )
 from backtest_operator.conditions import derive_conditions
-from backtest_operator.controls import Controls
+from backtest_operator.controls import NO_CONTROLS, Controls
 
 
 class Action(StrEnum):
@@ -98,7 +98,7 @@ def decide(
     now: datetime,
     *,
     generation: int = 0,
-    controls: Controls = Controls(),  # noqa: B008 - frozen dataclass, safe as a default
+    controls: Controls = NO_CONTROLS,
 ) -> Decision:
     """The next state of a BacktestService and why."""
     ctx = _Context(spec, obs, now, generation, spec.revision(), controls.pending(status.handled_controls))

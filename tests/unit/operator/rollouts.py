@@ -8,7 +8,7 @@ from typing import Any
 
 from backtest_operator.analysis import Observation
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus, TrackNumbers
-from backtest_operator.controls import Controls
+from backtest_operator.controls import NO_CONTROLS, Controls
 from backtest_operator.policy import Decision, decide
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -62,7 +62,7 @@ class Driver:
     generation: int = 1
     decisions: list[Decision] = field(default_factory=list)
 
-    def step(self, obs: Observation | None = None, controls: Controls = Controls(), **kwargs: Any) -> Decision:
+    def step(self, obs: Observation | None = None, controls: Controls = NO_CONTROLS, **kwargs: Any) -> Decision:
         decision = decide(
             self.spec,
             self.status,
