@@ -299,7 +299,7 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     if index is None:
         return _start(ctx, status, f"phases were edited and phase {status.step_name} no longer exists")
     phase = spec.phases[index]
-    triggers = trigger_checks(spec, obs) if obs.error is None else []
+    triggers = trigger_checks(spec, phase, obs) if obs.error is None else []
     tripped = first_failure(triggers)
     if tripped is not None:
         reason = f"rolled back in phase {phase.name}: {tripped.message}"
