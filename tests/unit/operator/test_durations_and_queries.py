@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backtest_operator.api import AnalysisSettings, format_duration, parse_duration
-from backtest_operator.queries import build_queries, bucket_matcher, quote_label_value, selector
+from backtest_operator.queries import bucket_matcher, build_queries, quote_label_value, selector
 
 
 @given(st.integers(min_value=0, max_value=10_000_000))
