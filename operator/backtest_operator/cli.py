@@ -34,6 +34,12 @@ def _duration(text: str) -> timedelta:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backtest-operator", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in-cluster")
+    scope = run.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", help="watch only these namespaces (repeatable)")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (default)")
+    run.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint URL ('' disables)")
+    commands.add_parser("ctl", help="kubectl backtest ... (also installed as kubectl-backtest)", add_help=False)
     sim = commands.add_parser(
         "simulate",
         help="replay a rollout policy against recorded metrics",
@@ -83,13 +89,40 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import kopf  # noqa: PLC0415 - only the run command needs kopf and the handlers
+
+    import backtest_operator.handlers  # noqa: F401, PLC0415 - registers the handlers
+
+    namespaces = args.namespace or []
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ctl"]:
+        return kubectl_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
     try:
         return _simulate(args)
     except BacktestOperatorError as exc:
         print(f"backtest-operator {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def kubectl_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kubectl-backtest`` plugin."""
+    from backtest_operator.ctl import main as ctl_main  # noqa: PLC0415 - keeps simulate free of kube imports
+
+    return ctl_main(argv)
 
 
 if __name__ == "__main__":

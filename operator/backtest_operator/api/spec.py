@@ -140,6 +140,8 @@ class AnalysisSettings(ApiModel):
     """Canary against stable comparison."""
     queries: QueryOverrides = Field(default_factory=QueryOverrides)
     """Optional PromQL overrides."""
+    selector: dict[str, str] = Field(default_factory=dict)
+    """Labels selecting this service's router series; default namespace=<namespace>, service=<name>."""
 
 
 class Phase(ApiModel):
@@ -193,6 +195,10 @@ class TrafficSettings(ApiModel):
     """Name of the HTTPRoute to manage (gatewayAPI provider); defaults to the BacktestService's name."""
     router_replicas: int = Field(default=1, ge=1, le=20)
     """Replicas of the bundled router."""
+    router_image: str | None = None
+    """Image of the bundled router; the operator's default router image when omitted."""
+    parent_refs: list[KubeObject] = Field(default_factory=list)
+    """Gateway API parentRefs of the HTTPRoute the operator manages (gatewayAPI provider)."""
 
 
 PHASE_RULES: list[dict[str, str]] = [
