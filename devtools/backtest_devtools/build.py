@@ -252,9 +252,7 @@ def _download(settings: Settings, release: GoRelease, env: dict[str, str], log: 
     return info
 
 
-def _count_packages(
-    settings: Settings, release: GoRelease, workdir: Path, env: dict[str, str], log: Path
-) -> int:
+def _count_packages(settings: Settings, release: GoRelease, workdir: Path, env: dict[str, str], log: Path) -> int:
     assert settings.go is not None
     command = [settings.go, "list", "-deps"]
     if release.tags:
@@ -278,9 +276,7 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], log: Path, label: s
     with log.open("a") as handle:
         handle.write(f"$ {' '.join(command)}\n")
         handle.flush()
-        result = subprocess.run(
-            command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False
-        )
+        result = subprocess.run(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         raise BuildError(label, f"`{' '.join(command[1:3])}` exited {result.returncode}", log)
 

@@ -95,9 +95,7 @@ def ensure_pki(folder: Path) -> ClusterPki:
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pki.service_account_key.write_bytes(_private_pem(sa_key))
     pki.service_account_pub.write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return pki
 
@@ -139,9 +137,7 @@ def _issue(
     _write(pair, builder.sign(ca_key, hashes.SHA256()), key)
 
 
-def _builder(
-    subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey
-) -> x509.CertificateBuilder:
+def _builder(subject: x509.Name, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()

@@ -129,9 +129,7 @@ class LocalCluster:
                 "--controllers=*",
             ],
         )
-        self._start_controller(
-            "kube-scheduler", ports.scheduler, _kube_client_flags(scheduler_config, ports.scheduler)
-        )
+        self._start_controller("kube-scheduler", ports.scheduler, _kube_client_flags(scheduler_config, ports.scheduler))
         self._start_kwok(ports)
         self._create_nodes()
         self.say(f"[cluster] ready in {time.monotonic() - started:.1f}s: {server} (logs: {self.log_dir})")
@@ -257,9 +255,7 @@ class LocalCluster:
             return set(self.node_names) <= ready
 
         if not processes.wait_until(all_ready, 60.0, 0.5):
-            raise ClusterError(
-                "kwok", "fake nodes did not become Ready within 60s", self.log_dir / "kwok.log"
-            )
+            raise ClusterError("kwok", "fake nodes did not become Ready within 60s", self.log_dir / "kwok.log")
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -268,9 +264,7 @@ class LocalCluster:
         return self.state_dir / "ports.json"
 
     def _managed(self, name: str) -> processes.Managed:
-        return processes.Managed(
-            name, self.run_dir / f"{name}.pid", self.log_dir / f"{name}.log", str(self.state_dir)
-        )
+        return processes.Managed(name, self.run_dir / f"{name}.pid", self.log_dir / f"{name}.log", str(self.state_dir))
 
     def _start(self, name: str, command: list[str]) -> processes.Managed:
         self.say(f"[cluster] starting {name}")
@@ -283,9 +277,7 @@ class LocalCluster:
             die_with_parent=self.die_with_parent,
         )
 
-    def _wait_healthy(
-        self, managed: processes.Managed, url: str, tls: ssl.SSLContext | None, timeout: float
-    ) -> None:
+    def _wait_healthy(self, managed: processes.Managed, url: str, tls: ssl.SSLContext | None, timeout: float) -> None:
         started = time.monotonic()
         last = "no answer yet"
         while time.monotonic() - started < timeout:
@@ -339,9 +331,7 @@ def _insecure_tls() -> ssl.SSLContext:
     return context
 
 
-def _http(
-    method: str, url: str, tls: ssl.SSLContext | None, body: dict[str, Any] | None = None
-) -> tuple[int, str]:
+def _http(method: str, url: str, tls: ssl.SSLContext | None, body: dict[str, Any] | None = None) -> tuple[int, str]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:

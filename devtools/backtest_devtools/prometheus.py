@@ -101,9 +101,7 @@ class PrometheusServer:
             die_with_parent=self.die_with_parent,
         )
         managed = self._managed
-        ready = processes.wait_until(
-            lambda: self._get("/-/ready")[0] == 200 or not managed.is_running(), timeout
-        )
+        ready = processes.wait_until(lambda: self._get("/-/ready")[0] == 200 or not managed.is_running(), timeout)
         if not managed.is_running():
             raise ClusterError("prometheus", "exited before becoming ready", managed.log)
         if not ready:
@@ -147,9 +145,7 @@ class PrometheusServer:
             return len(health) >= expected and all(health.values())
 
         if not processes.wait_until(all_up, timeout, 0.25):
-            raise ClusterError(
-                "prometheus", f"targets not up after {timeout:.0f}s: {self.targets_up()}", self.log
-            )
+            raise ClusterError("prometheus", f"targets not up after {timeout:.0f}s: {self.targets_up()}", self.log)
 
     def _write_config(self) -> None:
         config = scrape_config(self.jobs, self.interval)
