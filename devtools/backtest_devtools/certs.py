@@ -105,6 +105,7 @@ def issue_client_cert(pki: ClusterPki, folder: Path, user: str, groups: tuple[st
     ca_cert = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
     ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    folder.mkdir(parents=True, exist_ok=True)
     pair = _pair(folder, user.replace(":", "-"))
     _issue(pair, ca_cert, ca_key, user, groups)
     return pair
