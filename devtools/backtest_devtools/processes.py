@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+# Children started by this Python process. /proc/<pid>/cmdline reads empty while a child is in execve,
+# so for our own children the Popen object is the reliable answer.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,12 @@ class Managed:
         """The pid if the process is alive and still ours, else None."""
         try:
             pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        child = _CHILDREN.get(pid)
+        if child is not None:  # started by this very process: ask it directly (and reap it)
+            return pid if child.poll() is None else None
+        try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             stat = Path(f"/proc/{pid}/stat").read_text()
         except (OSError, ValueError):
@@ -84,6 +93,7 @@ def start(
             start_new_session=True,
             preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
         )
+    _CHILDREN[process.pid] = process
     managed.pid_file.write_text(f"{process.pid}\n")
     return managed
 
@@ -97,6 +107,7 @@ def stop(managed: Managed, grace: float = 10.0) -> None:
             _signal(pid, signal.SIGKILL)
             wait_until(lambda: not managed.is_running(), 5.0)
         _reap(pid)
+        _CHILDREN.pop(pid, None)
     managed.pid_file.unlink(missing_ok=True)
 
 
