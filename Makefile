@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down
+.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status
 
 setup: $(STAMP)
 
@@ -48,6 +48,10 @@ cluster-up: setup
 
 cluster-down: setup
 	@$(BIN)/python -m backtest_devtools.cluster down --state-dir $(CURDIR)/.cluster
+
+## Which components run, and their resident memory.
+cluster-status: setup
+	@$(BIN)/python -m backtest_devtools.cluster status --state-dir $(CURDIR)/.cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

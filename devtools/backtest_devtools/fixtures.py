@@ -1,6 +1,8 @@
 """pytest fixtures for a real control plane and a real Prometheus (loaded by tests/conftest.py).
 
-- `cluster` (session): builds the binaries when missing, starts the control plane in a tmp folder, and
+- before the first test, when cluster tests were selected, missing binaries are built (outside any
+  test's timeout).
+- `cluster` (session): starts the control plane in a tmp folder, and
   stops it at the end. Its logs are kept, and their folder printed, when any test failed.
 - `k8s_api` (session): a kubernetes ApiClient authenticated as cluster admin.
 - `namespace` (function): a fresh namespace whose default ServiceAccount exists; deleted afterwards.
@@ -24,12 +26,15 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from backtest_devtools import build
 from backtest_devtools.cluster import ClusterInfo, LocalCluster
 from backtest_devtools.config import REPO_ROOT, Settings, load_settings
+from backtest_devtools.errors import DevtoolsError
 from backtest_devtools.prometheus import PrometheusServer, ScrapeJob
 
 CRD_DIR = REPO_ROOT / "crds"
 _KEPT_LOGS = pytest.StashKey[list[str]]()
+_BUILD_ERROR = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +42,25 @@ def devtools_settings() -> Settings:
     return load_settings()
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` deselection: `make unit` never triggers a build
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Build missing binaries before any test runs, so a cold build is not counted in a test's timeout."""
+    if not any(item.get_closest_marker("cluster") for item in items):
+        return
+    try:
+        build.ensure_built(load_settings(), _progress(config))
+    except DevtoolsError as error:
+        config.stash[_BUILD_ERROR] = str(error)
+
+
 @pytest.fixture(scope="session")
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, devtools_settings: Settings
 ) -> Iterator[ClusterInfo]:
+    if _BUILD_ERROR in request.config.stash:
+        pytest.fail(request.config.stash[_BUILD_ERROR])
     state = tmp_path_factory.mktemp("cluster")
-    local = LocalCluster(devtools_settings, state, nodes=2, die_with_parent=True, report=_progress(request))
+    local = LocalCluster(devtools_settings, state, nodes=2, die_with_parent=True, report=_progress(request.config))
     try:
         yield local.up()
     finally:
@@ -158,9 +176,9 @@ def _keep_logs_if_failed(request: pytest.FixtureRequest, folder: Path, what: str
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
+def _progress(config: pytest.Config) -> Callable[[str], None]:
     """Print build/start progress live, past pytest's output capture (a cold build takes minutes)."""
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    capture = config.pluginmanager.get_plugin("capturemanager")
 
     def say(message: str) -> None:
         if capture is None:
