@@ -11,6 +11,7 @@ they import, then one `go build` produces all binaries of that release.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from backtest_devtools.config import Settings
 from backtest_devtools.errors import BuildError
@@ -108,13 +110,29 @@ def binary(settings: Settings, name: str) -> Path:
 def ensure_built(settings: Settings, report: Report | None = None) -> dict[str, float]:
     """Build whatever is missing from the cache; returns seconds spent per release label (0 if cached)."""
     say = report or _stderr
-    timings: dict[str, float] = {}
-    for release in RELEASES:
-        if release.is_cached(settings):
-            timings[release.label] = 0.0
-            continue
-        timings[release.label] = build_release(settings, release, say)
+    timings: dict[str, float] = {release.label: 0.0 for release in RELEASES}
+    missing = [release for release in RELEASES if not release.is_cached(settings)]
+    if not missing:
+        return timings
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    # Two worktrees (or a test run and `make cluster-up`) may start cold at once: one builds, the other
+    # waits and then finds the binaries cached.
+    with (settings.cache_dir / "build.lock").open("w") as lock:
+        if not _try_lock(lock):
+            say(f"[build] another process is building in {settings.cache_dir}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        for release in missing:
+            if not release.is_cached(settings):
+                timings[release.label] = build_release(settings, release, say)
     return timings
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def build_release(settings: Settings, release: GoRelease, say: Report) -> float:
@@ -122,7 +140,6 @@ def build_release(settings: Settings, release: GoRelease, say: Report) -> float:
     if settings.go is None:
         raise BuildError(release.label, "the Go toolchain (`go`) is not on PATH")
     started = time.monotonic()
-    settings.cache_dir.mkdir(parents=True, exist_ok=True)
     workdir = settings.src_dir / f"{release.label}-{release.version}"
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / "build.log"
