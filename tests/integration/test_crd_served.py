@@ -8,6 +8,7 @@ import json
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 pytestmark = pytest.mark.cluster
@@ -202,3 +203,28 @@ def test_generation_moves_only_with_spec_when_status_changes(objects):
 
     assert after_status["metadata"]["generation"] == created["metadata"]["generation"]
     assert after_spec["metadata"]["generation"] == created["metadata"]["generation"] + 1
+
+
+def test_watch_reports_creation_and_status_change_when_they_happen(k8s_api, objects, namespace):
+    api = k8s.CustomObjectsApi(k8s_api)
+    start = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["metadata"]["resourceVersion"]
+    objects.create(backtest_service("watched", phases=GOOD_PHASES))
+    objects.patch_status("watched", {"phase": "Progressing", "canaryWeight": 5})
+
+    seen = []
+    stream = watch.Watch()
+    for event in stream.stream(
+        api.list_namespaced_custom_object,
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        resource_version=start,
+        timeout_seconds=10,
+    ):
+        seen.append((event["type"], event["object"].get("status", {}).get("canaryWeight")))
+        if len(seen) == 2:
+            stream.stop()
+
+    assert seen[0][0] == "ADDED"
+    assert seen[1] == ("MODIFIED", 5)
