@@ -110,9 +110,15 @@ def _rate_check(
     )
 
 
-def trigger_checks(spec: BacktestServiceSpec, obs: Observation) -> list[CheckResult]:
+def trigger_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) -> list[CheckResult]:
     """Immediate rollback triggers over the last interval, or over the phase so far when the interval
-    alone has too few canary requests to say anything (low traffic must not hide a broken canary)."""
+    alone has too few canary requests to say anything (low traffic must not hide a broken canary).
+
+    The error and fallback triggers act when the observed rate exceeds the rollback limit *and* is
+    significantly above the failure rate the phase tolerates (one-sided exact binomial test at
+    ``analysis.comparison.alpha``): at 1% weight a canary sees a dozen requests per interval, where two
+    unlucky errors would otherwise look like 15% and roll back a good version.
+    """
     rules = spec.rollback
     checks: list[CheckResult] = []
     if rules.on_unhealthy:
@@ -134,32 +140,68 @@ def trigger_checks(spec: BacktestServiceSpec, obs: Observation) -> list[CheckRes
         for name in ("error_rate_trigger", "fallback_rate_trigger", "latency_trigger"):
             checks.append(_too_few(name, canary.requests, rules.min_requests, where))
         return checks
-    errors = error_rate(canary) or 0.0
+    tolerated = phase.max_error_rate
+    alpha = spec.analysis.comparison.alpha
     checks.append(
-        _rate_check(
+        _significant_excess(
             "error_rate_trigger",
             "error rate",
-            errors,
+            canary.errors,
+            canary.requests,
             rules.max_error_rate,
-            errors > rules.max_error_rate,
-            ">" if errors > rules.max_error_rate else "<=",
+            tolerated,
+            alpha,
             where,
         )
     )
-    fallbacks = fallback_rate(canary) or 0.0
     checks.append(
-        _rate_check(
+        _significant_excess(
             "fallback_rate_trigger",
             "fallback rate",
-            fallbacks,
+            canary.fallbacks,
+            canary.requests,
             rules.max_fallback_rate,
-            fallbacks > rules.max_fallback_rate,
-            ">" if fallbacks > rules.max_fallback_rate else "<=",
+            tolerated,
+            alpha,
             where,
         )
     )
     checks.append(_latency_trigger(spec, canary, stable, where))
     return checks
+
+
+def _significant_excess(
+    name: str,
+    label: str,
+    failures: float,
+    requests: float,
+    limit: float,
+    tolerated: float,
+    alpha: float,
+    where: str,
+) -> CheckResult:
+    trials = round(requests)
+    count = min(trials, round(failures))
+    rate = count / trials
+    p_value = float(stats.binomtest(count, trials, tolerated, alternative="greater").pvalue) if tolerated < 1 else 1.0
+    failed = rate > limit and p_value < alpha
+    if failed:
+        message = f"canary {label} {_pct(rate)} > {_pct(limit)} {where}"
+    elif rate > limit:
+        message = (
+            f"canary {label} {_pct(rate)} > {_pct(limit)} {where}, but only {count} of {trials} requests: "
+            f"not significant against the {_pct(tolerated)} the phase tolerates (p={p_value:.3g})"
+        )
+    else:
+        message = f"canary {label} {_pct(rate)} <= {_pct(limit)} {where}"
+    return CheckResult(
+        name=name,
+        verdict=Verdict.FAIL if failed else Verdict.PASS,
+        value=rate,
+        threshold=limit,
+        p_value=p_value,
+        message=message,
+    )
 
 
 def _latency_trigger(spec: BacktestServiceSpec, canary: TrackNumbers, stable: TrackNumbers, where: str) -> CheckResult:

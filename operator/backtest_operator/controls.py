@@ -45,3 +45,7 @@ class Controls:
 
     def as_handled(self) -> HandledControls:
         return HandledControls(promote=self.promote, promote_full=self.promote_full, abort=self.abort, retry=self.retry)
+
+
+NO_CONTROLS = Controls()
+"""No request on the object."""

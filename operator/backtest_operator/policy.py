@@ -40,7 +40,7 @@ from backtest_operator.api import (
     format_duration,
 )
 from backtest_operator.conditions import derive_conditions
-from backtest_operator.controls import Controls
+from backtest_operator.controls import NO_CONTROLS, Controls
 
 
 class Action(StrEnum):
@@ -98,7 +98,7 @@ def decide(
     now: datetime,
     *,
     generation: int = 0,
-    controls: Controls = Controls(),  # noqa: B008 - frozen dataclass, safe as a default
+    controls: Controls = NO_CONTROLS,
 ) -> Decision:
     """The next state of a BacktestService and why."""
     ctx = _Context(spec, obs, now, generation, spec.revision(), controls.pending(status.handled_controls))
@@ -299,7 +299,7 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     if index is None:
         return _start(ctx, status, f"phases were edited and phase {status.step_name} no longer exists")
     phase = spec.phases[index]
-    triggers = trigger_checks(spec, obs) if obs.error is None else []
+    triggers = trigger_checks(spec, phase, obs) if obs.error is None else []
     tripped = first_failure(triggers)
     if tripped is not None:
         reason = f"rolled back in phase {phase.name}: {tripped.message}"
