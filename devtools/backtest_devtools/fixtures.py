@@ -62,7 +62,13 @@ def cluster(
     state = tmp_path_factory.mktemp("cluster")
     local = LocalCluster(devtools_settings, state, nodes=2, die_with_parent=True, report=_progress(request.config))
     try:
-        yield local.up()
+        info = local.up()
+    except BaseException:
+        local.down(quiet=True)
+        request.config.stash.setdefault(_KEPT_LOGS, []).append(f"control plane logs kept in {state}")
+        raise
+    try:
+        yield info
     finally:
         local.down(quiet=True)
         _keep_logs_if_failed(request, state, "control plane")
