@@ -96,6 +96,13 @@ class LocalCluster:
             self.say(f"[cluster] already running ({self.state_dir})")
             return self.info()
         self.down(quiet=True)
+        try:
+            return self._start_all()
+        except BaseException:
+            self.down(quiet=True)  # nothing half-started is left behind; the logs stay for reading
+            raise
+
+    def _start_all(self) -> ClusterInfo:
         started = time.monotonic()
         ports = Ports.pick_free()
         self.state_dir.mkdir(parents=True, exist_ok=True)
