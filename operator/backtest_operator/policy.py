@@ -134,12 +134,16 @@ def _route(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     if status.phase == RolloutPhase.HEALTHY:
         if ctx.revision != status.stable_revision:
             return _start(ctx, status, f"new revision {ctx.revision} (image {ctx.spec.image})")
-        return _hold(status, f"stable revision {status.stable_revision} serves all traffic")
+        return _hold(status, _serving(status.stable_revision))
     if status.phase == RolloutPhase.DEGRADED:
         return _degraded(ctx, status)
     if status.phase == RolloutPhase.BAKING:
         return _baking(ctx, status)
     return _progressing(ctx, status)
+
+
+def _serving(revision: str | None) -> str:
+    return f"stable revision {revision} serves all traffic"
 
 
 def _hold(status: BacktestServiceStatus, reason: str, checks: list[CheckResult] | None = None) -> Decision:
@@ -162,7 +166,7 @@ def _initializing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         reason = f"deploying first revision {ctx.revision} (image {ctx.spec.image}) as stable"
         return Decision(Action.INITIALIZE, status, reason, (Event("Normal", "Initializing", reason),))
     if ctx.obs.stable_ready:
-        reason = f"revision {ctx.revision} is ready and serves all traffic"
+        reason = _serving(ctx.revision)
         status = status.evolve(phase=RolloutPhase.HEALTHY)
         return Decision(Action.READY, status, reason, (Event("Normal", "Ready", reason),))
     return _hold(status, f"waiting for the pods of first revision {ctx.revision} to become ready")
@@ -259,6 +263,10 @@ def _enter_step(ctx: _Context, status: BacktestServiceStatus, index: int, action
     return Decision(action, status, reason, (Event("Normal", "PhaseStarted", reason),))
 
 
+_ACT_WITHOUT_DATA = frozenset({"abort", "promote", "promote_full"})
+"""Requests a person makes on their own judgement: they act even while measurements fail."""
+
+
 def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     spec, obs, now = ctx.spec, ctx.obs, ctx.now
     if ctx.revision == status.stable_revision:
@@ -287,12 +295,12 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         if failures >= limit:
             reason = f"rolled back in phase {status.step_name}: analysis failed {failures} times in a row ({obs.error})"
             return _rollback(ctx, status.evolve(analysis_errors=failures), reason, "analysis")
-        if "abort" not in ctx.pending:
-            return _hold(
-                status.evolve(analysis_errors=failures),
-                f"analysis failed ({failures}/{limit}), holding phase {status.step_name}: {obs.error}",
-            )
-    status = status.evolve(analysis_errors=0)
+        status = status.evolve(analysis_errors=failures)
+        if not ctx.pending & _ACT_WITHOUT_DATA:
+            reason = f"analysis failed ({failures}/{limit}), holding phase {status.step_name}: {obs.error}"
+            return _hold(status, reason)
+    else:
+        status = status.evolve(analysis_errors=0)
     if status.phase_started_at is None:
         return _waiting_for_canary(ctx, status)
     index = next((i for i, p in enumerate(spec.phases) if p.name == status.step_name), None)

@@ -382,3 +382,10 @@ def test_revision_ignores_defaulted_fields_when_spelled_out():
     explicit = make_spec(engine={"workers": 2, "logLevel": "info"}, env=[], replicas=9)
     assert implicit.revision() == explicit.revision()
     assert make_spec(engine={"workers": 3}).revision() != implicit.revision()
+
+
+def test_manual_promotion_acts_when_prometheus_is_unreachable():
+    driver = started()
+    decision = driver.step(error="connection refused", controls=Controls(promote="p1"))
+    assert decision.action == Action.ADVANCE
+    assert decision.status.analysis_errors == 1
