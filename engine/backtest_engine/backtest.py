@@ -77,7 +77,8 @@ class BacktestResult:
         }
         if include_equity:
             out["equity"] = [
-                {"time": ts.isoformat(), "equity": float(value)} for ts, value in self.equity.items()
+                {"time": ts.isoformat(), "equity": float(value)}
+                for ts, value in zip(pd.DatetimeIndex(self.equity.index), self.equity.to_numpy(), strict=True)
             ]
         return out
 
@@ -92,7 +93,11 @@ def _json_value(value: Any) -> Any:
 
 def bars_from_frame(frame: pd.DataFrame) -> Bars:
     """Arrays of a validated OHLCV frame, ready for strategies and the execution core."""
-    return Bars(*(frame[column].to_numpy(dtype=np.float64) for column in ("open", "high", "low", "close", "volume")))
+
+    def column(name: str) -> np.ndarray[tuple[int], np.dtype[np.float64]]:
+        return frame[name].to_numpy(dtype=np.float64)
+
+    return Bars(column("open"), column("high"), column("low"), column("close"), column("volume"))
 
 
 def trades_frame(sim: Simulation, index: pd.DatetimeIndex) -> pd.DataFrame:
@@ -200,7 +205,7 @@ def run_backtest(
     ppy = resolve_periods_per_year(pd.DatetimeIndex(frame.index), periods_per_year)
     bars = bars_from_frame(frame)
     signals = generate_signals(bars, strategy, model)
-    sim = simulate(bars.open, bars.high, bars.low, bars.close, signals.target, config)
+    sim = simulate(bars.open, bars.high, bars.low, bars.close, signals.target, config=config)
     benchmark_returns = None
     if benchmark is not None:
         prices = benchmark.reindex(frame.index).ffill().bfill().to_numpy(dtype=np.float64)

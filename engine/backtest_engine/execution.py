@@ -48,7 +48,9 @@ class ExecutionConfig:
         if not 0 < self.fraction <= 1:
             raise InvalidParameter(f"must be in (0, 1], got {self.fraction}", name="fraction")
         if not (np.isfinite(self.lot_size) and self.lot_size >= 0):
-            raise InvalidParameter(f"must be >= 0 (0 = fractional units), got {self.lot_size}", name="lot_size")
+            raise InvalidParameter(
+                f"must be >= 0 (0 = fractional units), got {self.lot_size}", name="lot_size"
+            )
         if self.stop_loss is not None and not 0 < self.stop_loss < 1:
             raise InvalidParameter(f"must be in (0, 1), got {self.stop_loss}", name="stop_loss")
         if self.take_profit is not None and not 0 < self.take_profit <= 100:
@@ -92,6 +94,7 @@ def _segments(target: FloatArray) -> tuple[IntArray, IntArray, IntArray]:
 
 
 def _stop_exits(
+    *,
     starts: IntArray,
     ends: IntArray,
     direction: IntArray,
@@ -168,7 +171,9 @@ def _size_trades(
     equity_before = np.empty(entry_price.size)
     equity = config.cash
     for i, (pe, px, d, cost) in enumerate(
-        zip(entry_price.tolist(), exit_price.tolist(), direction.tolist(), cost_per_unit.tolist(), strict=True)
+        zip(
+            entry_price.tolist(), exit_price.tolist(), direction.tolist(), cost_per_unit.tolist(), strict=True
+        )
     ):
         equity_before[i] = equity
         u = ((equity * f) // cost) if lot == 1 else np.floor((equity * f) / cost / lot) * lot
@@ -184,6 +189,7 @@ def simulate(
     low: FloatArray,
     close: FloatArray,
     target: FloatArray,
+    *,
     config: ExecutionConfig,
 ) -> Simulation:
     """Run target positions (sign of `target[t]`, decided on bar t's close) through the execution rules."""
@@ -196,7 +202,14 @@ def simulate(
     reason = np.where(ends < n, EXIT_SIGNAL, EXIT_END_OF_DATA)
     if config.stop_loss is not None or config.take_profit is not None:
         hit_bar, hit_price, hit_reason = _stop_exits(
-            starts, ends, direction, entry_price, open_, high, low, config
+            starts=starts,
+            ends=ends,
+            direction=direction,
+            entry_price=entry_price,
+            open_=open_,
+            high=high,
+            low=low,
+            config=config,
         )
         stopped = hit_bar >= 0
         exit_bar = np.where(stopped, hit_bar, exit_bar)
@@ -206,10 +219,9 @@ def simulate(
     units, equity_before = _size_trades(entry_price, exit_price, direction, config)
     keep = units > 0
     if not keep.all():
-        starts, exit_bar, direction, units, equity_before = (
-            a[keep] for a in (starts, exit_bar, direction, units, equity_before)
-        )
-        entry_price, exit_price, reason = entry_price[keep], exit_price[keep], reason[keep]
+        starts, exit_bar, direction, reason = starts[keep], exit_bar[keep], direction[keep], reason[keep]
+        units, equity_before = units[keep], equity_before[keep]
+        entry_price, exit_price = entry_price[keep], exit_price[keep]
     c = config.commission
     fees = units * (entry_price + exit_price) * c
     pnl = direction * units * (exit_price - entry_price) - fees

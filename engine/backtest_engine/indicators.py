@@ -45,7 +45,7 @@ def rolling_std(values: FloatArray, period: int) -> FloatArray:
     mean = sma(values, period)
     mean_sq = sma((values - values[0]) ** 2, period)
     var = mean_sq - (mean - values[0]) ** 2
-    return np.sqrt(np.maximum(var, 0.0))
+    return np.asarray(np.sqrt(np.maximum(var, 0.0)), dtype=np.float64)
 
 
 def ewm(values: FloatArray, alpha: float, warmup: int) -> FloatArray:

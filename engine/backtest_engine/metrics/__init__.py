@@ -2,7 +2,14 @@
 
 from backtest_engine.metrics import advanced, core, risk, structure, trading
 from backtest_engine.metrics.context import MetricContext
-from backtest_engine.metrics.registry import GROUPS, Metric, all_metrics, compute_metrics, get_metric, metric_names
+from backtest_engine.metrics.registry import (
+    GROUPS,
+    Metric,
+    all_metrics,
+    compute_metrics,
+    get_metric,
+    metric_names,
+)
 
 __all__ = [
     "GROUPS",

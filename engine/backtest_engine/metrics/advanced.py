@@ -49,7 +49,12 @@ def _rolling_sharpe(c: MetricContext) -> np.ndarray:
     return np.asarray(mean[valid] / std[valid] * np.sqrt(c.periods_per_year))
 
 
-@metric("benchmark_return", "advanced", "Total return of the benchmark (default: buy and hold) over the run.", unit="fraction")
+@metric(
+    "benchmark_return",
+    "advanced",
+    "Total return of the benchmark (default: buy and hold) over the run.",
+    unit="fraction",
+)
 def benchmark_return(c: MetricContext) -> float:
     return float(np.prod(1.0 + c.benchmark_returns) - 1.0)
 
@@ -59,12 +64,21 @@ def excess_return(c: MetricContext) -> float:
     return float(c.equity[-1] / c.initial_cash - 1.0) - benchmark_return(c)
 
 
-@metric("alpha", "advanced", "Annualized CAPM alpha against the benchmark: (1 + mean(r - beta * b))^P - 1.", unit="fraction")
+@metric(
+    "alpha",
+    "advanced",
+    "Annualized CAPM alpha against the benchmark: (1 + mean(r - beta * b))^P - 1.",
+    unit="fraction",
+)
 def alpha(c: MetricContext) -> float:
     return _alpha_beta(c)[0]
 
 
-@metric("beta", "advanced", "Covariance of per-bar returns with the benchmark's divided by the benchmark's variance.")
+@metric(
+    "beta",
+    "advanced",
+    "Covariance of per-bar returns with the benchmark's divided by the benchmark's variance.",
+)
 def beta(c: MetricContext) -> float:
     return _alpha_beta(c)[1]
 
@@ -76,12 +90,19 @@ def correlation(c: MetricContext) -> float:
     return float(np.corrcoef(c.returns, c.benchmark_returns)[0, 1])
 
 
-@metric("tracking_error", "advanced", "Standard deviation (ddof=1) of active returns (r - b), times sqrt(P).", unit="fraction")
+@metric(
+    "tracking_error",
+    "advanced",
+    "Standard deviation (ddof=1) of active returns (r - b), times sqrt(P).",
+    unit="fraction",
+)
 def tracking_error(c: MetricContext) -> float:
     return float(np.std(c.returns - c.benchmark_returns, ddof=1) * np.sqrt(c.periods_per_year))
 
 
-@metric("information_ratio", "advanced", "Mean active return over its standard deviation (ddof=1), times sqrt(P).")
+@metric(
+    "information_ratio", "advanced", "Mean active return over its standard deviation (ddof=1), times sqrt(P)."
+)
 def information_ratio(c: MetricContext) -> float:
     active = c.returns - c.benchmark_returns
     std = float(np.std(active, ddof=1))
@@ -110,7 +131,9 @@ def up_capture(c: MetricContext) -> float:
 )
 def down_capture(c: MetricContext) -> float:
     down = c.benchmark_returns < 0
-    return cagr_of(c.returns[down], c.periods_per_year) / cagr_of(c.benchmark_returns[down], c.periods_per_year)
+    return cagr_of(c.returns[down], c.periods_per_year) / cagr_of(
+        c.benchmark_returns[down], c.periods_per_year
+    )
 
 
 @metric(
@@ -147,7 +170,7 @@ def autocorrelation(c: MetricContext) -> float:
 @metric(
     "probabilistic_sharpe_ratio",
     "advanced",
-    "Probability that the true Sharpe ratio exceeds 0 given sample length, skewness and kurtosis (Bailey, López de Prado).",
+    "P(true Sharpe > 0) given sample length, skewness and kurtosis (Bailey and López de Prado).",
     unit="fraction",
 )
 def probabilistic_sharpe_ratio(c: MetricContext) -> float:
@@ -161,7 +184,9 @@ def probabilistic_sharpe_ratio(c: MetricContext) -> float:
     return float(stats.norm.cdf(sr * np.sqrt(r.size - 1) / np.sqrt(denominator)))
 
 
-@metric("rolling_sharpe_mean", "advanced", "Mean of the quarterly rolling Sharpe ratio (window round(P / 4)).")
+@metric(
+    "rolling_sharpe_mean", "advanced", "Mean of the quarterly rolling Sharpe ratio (window round(P / 4))."
+)
 def rolling_sharpe_mean(c: MetricContext) -> float:
     values = _rolling_sharpe(c)
     return float(values.mean()) if values.size else float("nan")
@@ -173,13 +198,19 @@ def rolling_sharpe_min(c: MetricContext) -> float:
     return float(values.min()) if values.size else float("nan")
 
 
-@metric("rolling_sharpe_std", "advanced", "Standard deviation of the quarterly rolling Sharpe ratio (its instability).")
+@metric(
+    "rolling_sharpe_std",
+    "advanced",
+    "Standard deviation of the quarterly rolling Sharpe ratio (its instability).",
+)
 def rolling_sharpe_std(c: MetricContext) -> float:
     values = _rolling_sharpe(c)
     return float(values.std()) if values.size > 1 else float("nan")
 
 
-@metric("rolling_volatility_max", "advanced", "Highest quarterly rolling annualized volatility.", unit="fraction")
+@metric(
+    "rolling_volatility_max", "advanced", "Highest quarterly rolling annualized volatility.", unit="fraction"
+)
 def rolling_volatility_max(c: MetricContext) -> float:
     window = _rolling_window(c)
     if c.returns.size < window:

@@ -54,13 +54,18 @@ def annualized_return(c: MetricContext) -> float:
 
 
 @metric(
-    "annualized_volatility", "core", "Standard deviation (ddof=1) of per-bar returns times sqrt(P).", unit="fraction"
+    "annualized_volatility",
+    "core",
+    "Standard deviation (ddof=1) of per-bar returns times sqrt(P).",
+    unit="fraction",
 )
 def annualized_volatility(c: MetricContext) -> float:
     return annualized_volatility_of(c.returns, c.periods_per_year)
 
 
-@metric("sharpe_ratio", "core", "Mean over standard deviation (ddof=1) of per-bar excess returns, times sqrt(P).")
+@metric(
+    "sharpe_ratio", "core", "Mean over standard deviation (ddof=1) of per-bar excess returns, times sqrt(P)."
+)
 def sharpe_ratio(c: MetricContext) -> float:
     return sharpe_of(c.excess_returns, c.periods_per_year)
 
@@ -68,14 +73,19 @@ def sharpe_ratio(c: MetricContext) -> float:
 @metric(
     "sortino_ratio",
     "core",
-    "Annualized mean excess return over annualized downside deviation (root mean square of negative excess returns).",
+    "Annualized mean excess return over downside deviation (RMS of negative excess returns, times sqrt(P)).",
 )
 def sortino_ratio(c: MetricContext) -> float:
     downside = np.sqrt(np.mean(np.minimum(c.excess_returns, 0.0) ** 2)) * np.sqrt(c.periods_per_year)
     return float(np.mean(c.excess_returns) * c.periods_per_year / downside) if downside > 0 else float("nan")
 
 
-@metric("max_drawdown", "core", "Largest peak-to-trough equity decline, as a non-positive fraction.", unit="fraction")
+@metric(
+    "max_drawdown",
+    "core",
+    "Largest peak-to-trough equity decline, as a non-positive fraction.",
+    unit="fraction",
+)
 def max_drawdown(c: MetricContext) -> float:
     return float(np.min(c.drawdown))
 
@@ -97,7 +107,12 @@ def max_drawdown_duration(c: MetricContext) -> float:
     return float(lengths.max()) if lengths.size else 0.0
 
 
-@metric("average_drawdown", "core", "Mean depth of all drawdown episodes (non-positive fraction).", unit="fraction")
+@metric(
+    "average_drawdown",
+    "core",
+    "Mean depth of all drawdown episodes (non-positive fraction).",
+    unit="fraction",
+)
 def average_drawdown(c: MetricContext) -> float:
     depths, _ = c.drawdown_episodes
     return float(depths.mean()) if depths.size else 0.0
@@ -109,7 +124,12 @@ def average_drawdown_duration(c: MetricContext) -> float:
     return float(lengths.mean()) if lengths.size else 0.0
 
 
-@metric("num_drawdowns", "core", "Number of drawdown episodes (falls below a peak until it is regained).", unit="count")
+@metric(
+    "num_drawdowns",
+    "core",
+    "Number of drawdown episodes (falls below a peak until it is regained).",
+    unit="count",
+)
 def num_drawdowns(c: MetricContext) -> float:
     return float(c.drawdown_episodes[1].size)
 
@@ -119,7 +139,9 @@ def current_drawdown(c: MetricContext) -> float:
     return float(c.drawdown[-1])
 
 
-@metric("time_in_drawdown", "core", "Fraction of bars on which equity is below its running peak.", unit="fraction")
+@metric(
+    "time_in_drawdown", "core", "Fraction of bars on which equity is below its running peak.", unit="fraction"
+)
 def time_in_drawdown(c: MetricContext) -> float:
     return float(np.mean(c.drawdown < 0))
 
@@ -170,6 +192,11 @@ def num_periods(c: MetricContext) -> float:
     return float(c.returns.size)
 
 
-@metric("periods_per_year", "core", "Annualization factor P used by every annualized metric of this run.", unit="count")
+@metric(
+    "periods_per_year",
+    "core",
+    "Annualization factor P used by every annualized metric of this run.",
+    unit="count",
+)
 def periods_per_year(c: MetricContext) -> float:
     return float(c.periods_per_year)

@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from backtest_engine.metrics.context import MetricContext
 
 GROUPS = ("core", "risk", "trading", "advanced", "structure")
@@ -76,11 +78,7 @@ class _quiet_numpy:  # noqa: N801 - used as a lowercase context manager, like np
     """Silence numpy's divide/invalid warnings: undefined values are replaced, not reported."""
 
     def __enter__(self) -> None:
-        import numpy as np
-
         self._saved = np.seterr(all="ignore")
 
     def __exit__(self, *exc: object) -> None:
-        import numpy as np
-
         np.seterr(**self._saved)

@@ -23,22 +23,36 @@ def historical_cvar(returns: np.ndarray, q: float) -> float:
     return float(np.mean(np.partition(returns, cutoff)[: cutoff + 1]))
 
 
-@metric("value_at_risk_95", "risk", "Historical 95% one-bar VaR: the 5th percentile of per-bar returns.", unit="fraction")
+@metric(
+    "value_at_risk_95",
+    "risk",
+    "Historical 95% one-bar VaR: the 5th percentile of per-bar returns.",
+    unit="fraction",
+)
 def value_at_risk_95(c: MetricContext) -> float:
     return historical_var(c.returns, 0.05)
 
 
-@metric("value_at_risk_99", "risk", "Historical 99% one-bar VaR: the 1st percentile of per-bar returns.", unit="fraction")
+@metric(
+    "value_at_risk_99",
+    "risk",
+    "Historical 99% one-bar VaR: the 1st percentile of per-bar returns.",
+    unit="fraction",
+)
 def value_at_risk_99(c: MetricContext) -> float:
     return historical_var(c.returns, 0.01)
 
 
-@metric("cvar_95", "risk", "Expected shortfall at 95%: mean of the worst 5% of per-bar returns.", unit="fraction")
+@metric(
+    "cvar_95", "risk", "Expected shortfall at 95%: mean of the worst 5% of per-bar returns.", unit="fraction"
+)
 def cvar_95(c: MetricContext) -> float:
     return historical_cvar(c.returns, 0.05)
 
 
-@metric("cvar_99", "risk", "Expected shortfall at 99%: mean of the worst 1% of per-bar returns.", unit="fraction")
+@metric(
+    "cvar_99", "risk", "Expected shortfall at 99%: mean of the worst 1% of per-bar returns.", unit="fraction"
+)
 def cvar_99(c: MetricContext) -> float:
     return historical_cvar(c.returns, 0.01)
 
@@ -56,7 +70,7 @@ def parametric_var_95(c: MetricContext) -> float:
 @metric(
     "modified_var_95",
     "risk",
-    "Cornish-Fisher 95% one-bar VaR: the Gaussian quantile corrected for sample skewness and excess kurtosis.",
+    "Cornish-Fisher 95% one-bar VaR: Gaussian quantile corrected for sample skewness and excess kurtosis.",
     unit="fraction",
 )
 def modified_var_95(c: MetricContext) -> float:
@@ -91,7 +105,9 @@ def ulcer_index(c: MetricContext) -> float:
     return float(np.sqrt(np.mean(c.drawdown**2)))
 
 
-@metric("ulcer_performance_index", "risk", "Martin ratio: (CAGR - risk-free rate) divided by the ulcer index.")
+@metric(
+    "ulcer_performance_index", "risk", "Martin ratio: (CAGR - risk-free rate) divided by the ulcer index."
+)
 def ulcer_performance_index(c: MetricContext) -> float:
     ui = ulcer_index(c)
     return (cagr_of(c.returns, c.periods_per_year) - c.risk_free_rate) / ui if ui > 0 else float("nan")
@@ -123,7 +139,9 @@ def skewness(c: MetricContext) -> float:
     return float(stats.skew(c.returns)) if np.ptp(c.returns) > 0 else 0.0
 
 
-@metric("kurtosis", "risk", "Excess kurtosis (Fisher, biased) of per-bar returns; 0 for a normal distribution.")
+@metric(
+    "kurtosis", "risk", "Excess kurtosis (Fisher, biased) of per-bar returns; 0 for a normal distribution."
+)
 def kurtosis(c: MetricContext) -> float:
     return float(stats.kurtosis(c.returns)) if np.ptp(c.returns) > 0 else 0.0
 

@@ -48,12 +48,22 @@ def bos_signals(c: MetricContext) -> float:
     return float(s.bullish_bos.size + s.bearish_bos.size) if s else 0.0
 
 
-@metric("bullish_bos", "structure", "Closes above the last confirmed swing high (first break of each level).", unit="count")
+@metric(
+    "bullish_bos",
+    "structure",
+    "Closes above the last confirmed swing high (first break of each level).",
+    unit="count",
+)
 def bullish_bos(c: MetricContext) -> float:
     return float(c.structure.bullish_bos.size) if c.structure else 0.0
 
 
-@metric("bearish_bos", "structure", "Closes below the last confirmed swing low (first break of each level).", unit="count")
+@metric(
+    "bearish_bos",
+    "structure",
+    "Closes below the last confirmed swing low (first break of each level).",
+    unit="count",
+)
 def bearish_bos(c: MetricContext) -> float:
     return float(c.structure.bearish_bos.size) if c.structure else 0.0
 
@@ -61,7 +71,7 @@ def bearish_bos(c: MetricContext) -> float:
 @metric(
     "bos_success_rate",
     "structure",
-    "Fraction of judged BOS signals whose close H bars later is beyond the signal close in the break's direction.",
+    "Fraction of judged BOS signals whose close H bars later is beyond the signal close, in the break's way.",
     unit="fraction",
 )
 def bos_success_rate(c: MetricContext) -> float:
@@ -80,7 +90,12 @@ def average_bos_move(c: MetricContext) -> float:
     return float(np.mean(moves)) if moves.size else float("nan")
 
 
-@metric("average_pivot_spacing", "structure", "Mean number of bars between consecutive pivots (highs and lows merged).", unit="bars")
+@metric(
+    "average_pivot_spacing",
+    "structure",
+    "Mean number of bars between consecutive pivots (highs and lows merged).",
+    unit="bars",
+)
 def average_pivot_spacing(c: MetricContext) -> float:
     s = c.structure
     if s is None:

@@ -15,7 +15,12 @@ from backtest_engine.metrics.registry import metric
 from backtest_engine.metrics.risk import longest_run
 
 
-@metric("num_trades", "trading", "Number of closed trades (a position open at the end is closed on the last close).", unit="count")
+@metric(
+    "num_trades",
+    "trading",
+    "Number of closed trades (a position open at the end is closed on the last close).",
+    unit="count",
+)
 def num_trades(c: MetricContext) -> float:
     return float(c.num_trades)
 
@@ -70,7 +75,7 @@ def gross_loss(c: MetricContext) -> float:
 @metric(
     "profit_factor",
     "trading",
-    "Gross profit divided by absolute gross loss (0 when there is no losing trade, as the ratio is unbounded).",
+    "Gross profit divided by absolute gross loss (0 when no trade lost, as the ratio is unbounded).",
 )
 def profit_factor(c: MetricContext) -> float:
     loss = -gross_loss(c)
@@ -82,7 +87,9 @@ def expectancy(c: MetricContext) -> float:
     return float(np.mean(c.trade_pnl)) if c.num_trades else float("nan")
 
 
-@metric("average_trade_return", "trading", "Mean return per trade (pnl over entry notional).", unit="fraction")
+@metric(
+    "average_trade_return", "trading", "Mean return per trade (pnl over entry notional).", unit="fraction"
+)
 def average_trade_return(c: MetricContext) -> float:
     return float(np.mean(c.trade_return)) if c.num_trades else float("nan")
 

@@ -16,11 +16,19 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from backtest_engine.errors import InvalidParameter, UnknownStrategy
+from backtest_engine.errors import InvalidCombination, InvalidParameter, UnknownStrategy
 from backtest_engine.indicators import Bars
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+
+
+class CrossFieldError(ValueError):
+    """Raised by a schema's model validator when parameters conflict; names the field to blame."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        self.field_name = field_name
+        super().__init__(message)
 
 
 class StrategyParams(BaseModel):
@@ -116,6 +124,9 @@ def validate_params(name: str, params: dict[str, Any] | None) -> StrategyParams:
         return spec.params_model.model_validate(dict(params or {}))
     except ValidationError as exc:
         first = exc.errors()[0]
+        cause = first.get("ctx", {}).get("error")
+        if isinstance(cause, CrossFieldError):
+            raise InvalidCombination(str(cause), name=cause.field_name) from None
         location = ".".join(str(part) for part in first["loc"]) or "params"
         message = first["msg"]
         if first["type"] == "extra_forbidden":

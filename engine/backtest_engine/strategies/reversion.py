@@ -13,7 +13,7 @@ import numpy.typing as npt
 from pydantic import Field, model_validator
 
 from backtest_engine.indicators import Bars, FloatArray, hold_from_events, rolling_max, rolling_min, sma
-from backtest_engine.strategies.registry import Signals, StrategyParams, register
+from backtest_engine.strategies.registry import CrossFieldError, Signals, StrategyParams, register
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -50,7 +50,7 @@ class RsiParams(StrategyParams):
     @model_validator(mode="after")
     def _ordered_levels(self) -> Self:
         if not self.lower < self.exit_level < self.upper:
-            raise ValueError("need lower < exit_level < upper")
+            raise CrossFieldError("exit_level", "need lower < exit_level < upper")
         return self
 
 
@@ -83,7 +83,9 @@ def bollinger_reversion(bars: Bars, p: BollingerParams) -> Signals:
     middle, width = bars.sma(p.period), p.num_std * bars.std(p.period)
     close = bars.close
     return Signals(
-        reversion_target(close < middle - width, close > middle + width, crossed(close, middle), p.allow_short)
+        reversion_target(
+            close < middle - width, close > middle + width, crossed(close, middle), p.allow_short
+        )
     )
 
 
@@ -96,7 +98,7 @@ class ZScoreParams(StrategyParams):
     @model_validator(mode="after")
     def _exit_inside_entry(self) -> Self:
         if self.exit_z >= self.entry_z:
-            raise ValueError("exit_z must be smaller than entry_z")
+            raise CrossFieldError("exit_z", "exit_z must be smaller than entry_z")
         return self
 
 

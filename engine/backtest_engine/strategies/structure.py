@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from backtest_engine.indicators import Bars, FloatArray, IntArrayLike, hold_from_events, rolling_max, rolling_min
+from backtest_engine.indicators import (
+    Bars,
+    FloatArray,
+    IntArrayLike,
+    hold_from_events,
+    rolling_max,
+)
 from backtest_engine.strategies.registry import Signals, StrategyParams, StructureEvents, register
 
 
@@ -31,7 +37,9 @@ def swing_points(values: FloatArray, left: int, right: int, *, highs: bool) -> I
     return np.flatnonzero(pivot).astype(np.int64)
 
 
-def first_break(close: FloatArray, pivots: IntArrayLike, levels: FloatArray, right: int, *, up: bool) -> IntArrayLike:
+def first_break(
+    close: FloatArray, pivots: IntArrayLike, levels: FloatArray, right: int, *, up: bool
+) -> IntArrayLike:
     """Bars of the first close beyond each confirmed level (above for `up`, else below)."""
     n = close.size
     confirm = pivots + right
@@ -50,8 +58,12 @@ def first_break(close: FloatArray, pivots: IntArrayLike, levels: FloatArray, rig
 
 
 class PivotBosParams(StrategyParams):
-    left: int = Field(5, ge=1, le=500, description="bars left of a pivot that must be lower (higher for lows)")
-    right: int = Field(5, ge=1, le=500, description="bars right of a pivot; the pivot is confirmed after them")
+    left: int = Field(
+        5, ge=1, le=500, description="bars left of a pivot that must be lower (higher for lows)"
+    )
+    right: int = Field(
+        5, ge=1, le=500, description="bars right of a pivot; the pivot is confirmed after them"
+    )
     allow_short: bool = Field(True, description="short on a bearish BOS instead of going flat")
     success_horizon: int = Field(
         10, ge=1, le=10_000, description="bars after a BOS at which its success is judged (metrics only)"
@@ -62,7 +74,7 @@ class PivotBosParams(StrategyParams):
     "pivot_bos",
     PivotBosParams,
     family="structure",
-    summary="Long on a close above the last confirmed swing high (bullish BOS), short (or flat) on a bearish BOS.",
+    summary="Long on a close above the last confirmed swing high (bullish BOS), short or flat on a bearish.",
 )
 def pivot_bos(bars: Bars, p: PivotBosParams) -> Signals:
     swing_highs = swing_points(bars.high, p.left, p.right, highs=True)

@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from backtest_engine.indicators import Bars, FloatArray, crosses_above, ema, hold_from_events
-from backtest_engine.strategies.registry import Signals, StrategyParams, register
+from backtest_engine.strategies.registry import CrossFieldError, Signals, StrategyParams, register
 
 
 def crossover_target(fast: FloatArray, slow: FloatArray, allow_short: bool) -> FloatArray:
@@ -31,7 +31,7 @@ class CrossoverParams(StrategyParams):
     @model_validator(mode="after")
     def _fast_below_slow(self) -> Self:
         if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be smaller than slow ({self.slow})")
+            raise CrossFieldError("fast", f"fast ({self.fast}) must be smaller than slow ({self.slow})")
         return self
 
 
@@ -64,7 +64,7 @@ class MacdParams(StrategyParams):
     @model_validator(mode="after")
     def _fast_below_slow(self) -> Self:
         if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be smaller than slow ({self.slow})")
+            raise CrossFieldError("fast", f"fast ({self.fast}) must be smaller than slow ({self.slow})")
         return self
 
 
