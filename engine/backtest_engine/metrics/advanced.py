@@ -10,43 +10,17 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
-from backtest_engine.metrics.context import MetricContext
-from backtest_engine.metrics.core import cagr_of
+from backtest_engine.metrics.context import MetricContext, dot, pearson
+from backtest_engine.metrics.core import cagr_from_growth
 from backtest_engine.metrics.registry import metric
 
 
 def _alpha_beta(c: MetricContext) -> tuple[float, float]:
-    r = c.excess_returns
-    b = c.benchmark_returns - c.risk_free_per_period
-    variance = float(np.mean((b - b.mean()) ** 2))
-    if variance <= 0:
-        return float("nan"), float("nan")
-    beta = float(np.mean((r - r.mean()) * (b - b.mean()))) / variance
-    alpha = float((np.mean(r - beta * b) + 1.0) ** c.periods_per_year - 1.0)
-    return alpha, beta
-
-
-def _rolling_mean_std(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    centred = values - values.mean()
-    s1 = np.cumsum(np.concatenate(([0.0], centred)))
-    s2 = np.cumsum(np.concatenate(([0.0], centred**2)))
-    total1, total2 = s1[window:] - s1[:-window], s2[window:] - s2[:-window]
-    mean = total1 / window
-    var = np.maximum(total2 - total1 * mean, 0.0) / (window - 1)
-    return mean + values.mean(), np.sqrt(var)
-
-
-def _rolling_window(c: MetricContext) -> int:
-    return max(2, round(c.periods_per_year / 4))
+    return c.alpha_beta
 
 
 def _rolling_sharpe(c: MetricContext) -> np.ndarray:
-    window = _rolling_window(c)
-    if c.returns.size < window:
-        return np.zeros(0)
-    mean, std = _rolling_mean_std(c.excess_returns, window)
-    valid = std > 1e-12 * max(1.0, float(np.abs(mean).max()))
-    return np.asarray(mean[valid] / std[valid] * np.sqrt(c.periods_per_year))
+    return c.rolling_sharpe
 
 
 @metric(
@@ -85,9 +59,7 @@ def beta(c: MetricContext) -> float:
 
 @metric("correlation", "advanced", "Pearson correlation of per-bar returns with the benchmark's.")
 def correlation(c: MetricContext) -> float:
-    if np.ptp(c.returns) == 0 or np.ptp(c.benchmark_returns) == 0:
-        return float("nan")
-    return float(np.corrcoef(c.returns, c.benchmark_returns)[0, 1])
+    return pearson(c.returns, c.benchmark_returns)
 
 
 @metric(
@@ -111,7 +83,7 @@ def information_ratio(c: MetricContext) -> float:
 
 @metric("treynor_ratio", "advanced", "(CAGR - risk-free rate) divided by beta.")
 def treynor_ratio(c: MetricContext) -> float:
-    return (cagr_of(c.returns, c.periods_per_year) - c.risk_free_rate) / _alpha_beta(c)[1]
+    return (cagr_from_growth(c.total_growth, c.years) - c.risk_free_rate) / _alpha_beta(c)[1]
 
 
 @metric(
@@ -120,8 +92,16 @@ def treynor_ratio(c: MetricContext) -> float:
     "CAGR of the run on bars where the benchmark rose divided by the benchmark's CAGR on those bars.",
 )
 def up_capture(c: MetricContext) -> float:
-    up = c.benchmark_returns > 0
-    return cagr_of(c.returns[up], c.periods_per_year) / cagr_of(c.benchmark_returns[up], c.periods_per_year)
+    return _capture(c, c.benchmark_returns > 0)
+
+
+def _capture(c: MetricContext, bars: np.ndarray) -> float:
+    """CAGR of the run over CAGR of the benchmark, both compounded over the selected bars only."""
+    years = float(np.count_nonzero(bars)) / c.periods_per_year
+    selected = bars.astype(np.float64)
+    mine = cagr_from_growth(float(np.exp(dot(c.log_returns, selected))), years)
+    theirs = cagr_from_growth(float(np.exp(dot(np.log1p(c.benchmark_returns), selected))), years)
+    return mine / theirs
 
 
 @metric(
@@ -130,10 +110,7 @@ def up_capture(c: MetricContext) -> float:
     "CAGR of the run on bars where the benchmark fell divided by the benchmark's CAGR on those bars.",
 )
 def down_capture(c: MetricContext) -> float:
-    down = c.benchmark_returns < 0
-    return cagr_of(c.returns[down], c.periods_per_year) / cagr_of(
-        c.benchmark_returns[down], c.periods_per_year
-    )
+    return _capture(c, c.benchmark_returns < 0)
 
 
 @metric(
@@ -143,8 +120,9 @@ def down_capture(c: MetricContext) -> float:
 )
 def omega_ratio(c: MetricContext) -> float:
     r = c.excess_returns
-    losses = -float(np.sum(r[r < 0]))
-    return float(np.sum(r[r > 0])) / losses if losses > 0 else float("nan")
+    gains = float(np.sum(np.maximum(r, 0.0)))
+    losses = gains - float(np.sum(r))
+    return gains / losses if losses > 0 else float("nan")
 
 
 @metric(
@@ -153,18 +131,19 @@ def omega_ratio(c: MetricContext) -> float:
     "R-squared of a linear fit of cumulative log returns against time (1 = perfectly steady growth).",
 )
 def stability(c: MetricContext) -> float:
-    cumulative = np.cumsum(np.log1p(c.returns))
-    if np.ptp(cumulative) == 0:
-        return float("nan")
-    return float(stats.linregress(np.arange(cumulative.size), cumulative).rvalue ** 2)
+    y = np.cumsum(c.log_returns)
+    n = y.size
+    t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+    y_centred = y - y.mean()
+    sty, syy = float(dot(t, y_centred)), float(dot(y_centred, y_centred))
+    stt = n * (n * n - 1) / 12.0  # sum of squared centred time indices
+    return sty * sty / (stt * syy) if syy > 0 else float("nan")
 
 
 @metric("autocorrelation", "advanced", "Lag-1 autocorrelation of per-bar returns.")
 def autocorrelation(c: MetricContext) -> float:
     r = c.returns
-    if r.size < 3 or np.ptp(r[1:]) == 0 or np.ptp(r[:-1]) == 0:
-        return float("nan")
-    return float(np.corrcoef(r[1:], r[:-1])[0, 1])
+    return pearson(r[1:], r[:-1]) if r.size > 2 else float("nan")
 
 
 @metric(
@@ -174,14 +153,14 @@ def autocorrelation(c: MetricContext) -> float:
     unit="fraction",
 )
 def probabilistic_sharpe_ratio(c: MetricContext) -> float:
-    r = c.excess_returns
-    std = float(np.std(r, ddof=1)) if r.size > 2 else 0.0
-    if std <= 0:
+    mean, std, _, _ = c.moments
+    if std <= 0 or c.returns.size < 3:
         return float("nan")
-    sr = float(np.mean(r)) / std
-    skew, kurt = float(stats.skew(r)), float(stats.kurtosis(r, fisher=False))
+    sr = (mean - c.risk_free_per_period) / std
+    _, _, skew, excess_kurtosis = c.moments
+    kurt = excess_kurtosis + 3.0
     denominator = 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr**2
-    return float(stats.norm.cdf(sr * np.sqrt(r.size - 1) / np.sqrt(denominator)))
+    return float(stats.norm.cdf(sr * np.sqrt(c.returns.size - 1) / np.sqrt(denominator)))
 
 
 @metric(
@@ -212,8 +191,5 @@ def rolling_sharpe_std(c: MetricContext) -> float:
     "rolling_volatility_max", "advanced", "Highest quarterly rolling annualized volatility.", unit="fraction"
 )
 def rolling_volatility_max(c: MetricContext) -> float:
-    window = _rolling_window(c)
-    if c.returns.size < window:
-        return float("nan")
-    _, std = _rolling_mean_std(c.returns, window)
-    return float(std.max() * np.sqrt(c.periods_per_year))
+    _, std = c.rolling_mean_std
+    return float(std.max() * np.sqrt(c.periods_per_year)) if std.size else float("nan")

@@ -28,6 +28,12 @@ def cagr_of(returns: np.ndarray, periods_per_year: float) -> float:
     return float(growth ** (1.0 / years) - 1.0)
 
 
+def cagr_from_growth(growth: float, years: float) -> float:
+    if growth <= 0:
+        return -1.0
+    return float(growth ** (1.0 / years) - 1.0)
+
+
 def sharpe_of(excess: np.ndarray, periods_per_year: float) -> float:
     std = np.std(excess, ddof=1) if excess.size > 1 else 0.0
     return float(np.mean(excess) / std * np.sqrt(periods_per_year)) if std > 0 else float("nan")
@@ -45,12 +51,12 @@ def total_return(c: MetricContext) -> float:
     unit="fraction",
 )
 def cagr(c: MetricContext) -> float:
-    return cagr_of(c.returns, c.periods_per_year)
+    return cagr_from_growth(c.total_growth, c.years)
 
 
 @metric("annualized_return", "core", "Arithmetic mean per-bar return times P.", unit="fraction")
 def annualized_return(c: MetricContext) -> float:
-    return float(np.mean(c.returns) * c.periods_per_year)
+    return c.moments[0] * c.periods_per_year
 
 
 @metric(
@@ -60,14 +66,17 @@ def annualized_return(c: MetricContext) -> float:
     unit="fraction",
 )
 def annualized_volatility(c: MetricContext) -> float:
-    return annualized_volatility_of(c.returns, c.periods_per_year)
+    return c.moments[1] * float(np.sqrt(c.periods_per_year))
 
 
 @metric(
     "sharpe_ratio", "core", "Mean over standard deviation (ddof=1) of per-bar excess returns, times sqrt(P)."
 )
 def sharpe_ratio(c: MetricContext) -> float:
-    return sharpe_of(c.excess_returns, c.periods_per_year)
+    mean, std, _, _ = c.moments
+    if std <= 0:
+        return float("nan")
+    return (mean - c.risk_free_per_period) / std * float(np.sqrt(c.periods_per_year))
 
 
 @metric(

@@ -65,20 +65,10 @@ def compute_metrics(context: MetricContext, names: Iterable[str] | None = None) 
     """Evaluate metrics on `context`; structure metrics only when the strategy reported structure."""
     selected = all_metrics() if names is None else [_METRICS[name] for name in names]
     out: dict[str, float] = {}
-    for m in selected:
-        if m.group == "structure" and context.structure is None:
-            continue
-        with _quiet_numpy():
+    with np.errstate(all="ignore"):  # undefined values are replaced below, not reported as warnings
+        for m in selected:
+            if m.group == "structure" and context.structure is None:
+                continue
             value = float(m.compute(context))
-        out[m.name] = value if math.isfinite(value) else m.degenerate
+            out[m.name] = value if math.isfinite(value) else m.degenerate
     return out
-
-
-class _quiet_numpy:  # noqa: N801 - used as a lowercase context manager, like np.errstate
-    """Silence numpy's divide/invalid warnings: undefined values are replaced, not reported."""
-
-    def __enter__(self) -> None:
-        self._saved = np.seterr(all="ignore")
-
-    def __exit__(self, *exc: object) -> None:
-        np.seterr(**self._saved)
