@@ -75,8 +75,9 @@ class MetricContext:
 
     @cached_property
     def drawdown(self) -> FloatArray:
-        """Per-bar drawdown as a non-positive fraction of the running equity peak."""
+        """Per-bar drawdown as a non-positive fraction of the running equity peak (initial cash included)."""
         drawdown = np.maximum.accumulate(self.equity)
+        np.maximum(drawdown, self.initial_cash, out=drawdown)
         np.divide(self.equity, drawdown, out=drawdown)
         drawdown -= 1.0
         if not np.isfinite(drawdown).all():
