@@ -105,7 +105,7 @@ def trades_frame(sim: Simulation, index: pd.DatetimeIndex) -> pd.DataFrame:
     notional = np.abs(sim.size) * sim.entry_price
     with np.errstate(divide="ignore", invalid="ignore"):
         returns = np.where(notional > 0, sim.pnl / notional, 0.0)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "entry_time": index[sim.entry_bar],
             "exit_time": index[sim.exit_bar],
@@ -121,6 +121,7 @@ def trades_frame(sim: Simulation, index: pd.DatetimeIndex) -> pd.DataFrame:
         },
         columns=TRADE_COLUMNS,
     )
+    return frame.astype({"direction": "str", "exit_reason": "str"})
 
 
 def metric_context(

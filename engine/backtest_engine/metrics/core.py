@@ -92,7 +92,7 @@ def sortino_ratio(c: MetricContext) -> float:
 @metric(
     "max_drawdown",
     "core",
-    "Largest peak-to-trough equity decline, as a non-positive fraction.",
+    "Largest peak-to-trough equity decline (initial cash counts as a peak), as a non-positive fraction.",
     unit="fraction",
 )
 def max_drawdown(c: MetricContext) -> float:

@@ -69,6 +69,9 @@ def compute_metrics(context: MetricContext, names: Iterable[str] | None = None) 
         for m in selected:
             if m.group == "structure" and context.structure is None:
                 continue
-            value = float(m.compute(context))
+            try:
+                value = float(m.compute(context))
+            except ZeroDivisionError:  # a ratio over zero (flat equity, no trades, beta 0): undefined
+                value = math.nan
             out[m.name] = value if math.isfinite(value) else m.degenerate
     return out

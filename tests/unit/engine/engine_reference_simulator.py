@@ -19,8 +19,19 @@ class ReferenceRun:
 
 
 def reference_simulate(
-    opens, highs, lows, closes, target, *, cash, commission=0.0, slippage_bps=0.0, fraction=1.0,
-    lot_size=0.0, stop_loss=None, take_profit=None,
+    opens,
+    highs,
+    lows,
+    closes,
+    target,
+    *,
+    cash,
+    commission=0.0,
+    slippage_bps=0.0,
+    fraction=1.0,
+    lot_size=0.0,
+    stop_loss=None,
+    take_profit=None,
 ) -> ReferenceRun:
     slip = slippage_bps / 10_000
     run = ReferenceRun()
@@ -39,8 +50,14 @@ def reference_simulate(
         balance += units * exit_price - exit_fee
         pnl = units * (exit_price - entry_price) - entry_fee - exit_fee
         run.trades.append(
-            {"entry_bar": entry_bar, "exit_bar": bar, "size": units, "entry_price": entry_price,
-             "exit_price": exit_price, "pnl": pnl}
+            {
+                "entry_bar": entry_bar,
+                "exit_bar": bar,
+                "size": units,
+                "entry_price": entry_price,
+                "exit_price": exit_price,
+                "pnl": pnl,
+            }
         )
         units, direction = 0.0, 0
 

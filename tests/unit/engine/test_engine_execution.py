@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_reference_simulator import reference_simulate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backtest_engine.data import synthetic_ohlcv
 from backtest_engine.errors import InvalidParameter
 from backtest_engine.execution import EXIT_REASONS, ExecutionConfig, simulate
-
-from engine_reference_simulator import reference_simulate
 
 OPENS = np.array([10.0, 11.0, 12.0, 13.0, 14.0])
 CLOSES = np.array([10.5, 11.5, 12.5, 13.5, 14.5])
@@ -20,7 +19,9 @@ LOWS = np.minimum(OPENS, CLOSES) - 0.5
 
 
 def run(target, highs=HIGHS, lows=LOWS, opens=OPENS, closes=CLOSES, **config):
-    return simulate(opens, highs, lows, closes, np.asarray(target, dtype=float), config=ExecutionConfig(**config))
+    return simulate(
+        opens, highs, lows, closes, np.asarray(target, dtype=float), config=ExecutionConfig(**config)
+    )
 
 
 def test_long_trade_fills_at_next_open_and_pays_commission_on_both_sides_when_signal_flips():
@@ -32,7 +33,13 @@ def test_long_trade_fills_at_next_open_and_pays_commission_on_both_sides_when_si
     assert sim.entry_price[0] == 11.0 and sim.exit_price[0] == 13.0
     assert sim.size[0] == pytest.approx(units)
     assert sim.pnl[0] == pytest.approx(units * 2.0 - fees)
-    expected_equity = [1000.0, units * 11.5, units * 12.5, 1000.0 + units * 2 - fees, 1000.0 + units * 2 - fees]
+    expected_equity = [
+        1000.0,
+        units * 11.5,
+        units * 12.5,
+        1000.0 + units * 2 - fees,
+        1000.0 + units * 2 - fees,
+    ]
     np.testing.assert_allclose(sim.equity, expected_equity)
 
 
@@ -101,7 +108,7 @@ def test_execution_config_names_the_setting_when_it_is_out_of_range(field, value
 
 
 BARS = synthetic_ohlcv(160, seed=5)
-O, H, L, C = (BARS[c].to_numpy() for c in ("open", "high", "low", "close"))
+OPEN, HIGH, LOW, CLOSE = (BARS[c].to_numpy() for c in ("open", "high", "low", "close"))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -118,11 +125,18 @@ def test_vectorized_core_matches_a_bar_by_bar_reference_when_targets_are_random(
     target, commission, slippage_bps, fraction, lot_size, stop_loss, take_profit
 ):
     settings_ = dict(
-        cash=10_000.0, commission=commission, slippage_bps=slippage_bps, fraction=fraction,
-        lot_size=lot_size, stop_loss=stop_loss, take_profit=take_profit,
+        cash=10_000.0,
+        commission=commission,
+        slippage_bps=slippage_bps,
+        fraction=fraction,
+        lot_size=lot_size,
+        stop_loss=stop_loss,
+        take_profit=take_profit,
     )
-    sim = simulate(O, H, L, C, np.asarray(target, dtype=float), config=ExecutionConfig(**settings_))
-    reference = reference_simulate(O, H, L, C, target, **settings_)
+    sim = simulate(
+        OPEN, HIGH, LOW, CLOSE, np.asarray(target, dtype=float), config=ExecutionConfig(**settings_)
+    )
+    reference = reference_simulate(OPEN, HIGH, LOW, CLOSE, target, **settings_)
     np.testing.assert_allclose(sim.equity, reference.equity, rtol=1e-9)
     assert sim.num_trades == len(reference.trades)
     np.testing.assert_allclose(sim.pnl, [t["pnl"] for t in reference.trades], rtol=1e-9, atol=1e-7)
@@ -137,9 +151,9 @@ def test_vectorized_core_matches_a_bar_by_bar_reference_when_targets_are_random(
 )
 def test_accounting_identities_hold_when_targets_are_random(target, commission, stop_loss):
     config = ExecutionConfig(cash=10_000.0, commission=commission, slippage_bps=3.0, stop_loss=stop_loss)
-    sim = simulate(O, H, L, C, np.asarray(target, dtype=float), config=config)
+    sim = simulate(OPEN, HIGH, LOW, CLOSE, np.asarray(target, dtype=float), config=config)
     # cash + position value = equity, on every bar
-    np.testing.assert_allclose(sim.cash + sim.units * C, sim.equity, rtol=1e-12)
+    np.testing.assert_allclose(sim.cash + sim.units * CLOSE, sim.equity, rtol=1e-12)
     # the sum of trade pnl (net of fees) is the change in equity
     assert np.sum(sim.pnl) == pytest.approx(sim.equity[-1] - config.cash, abs=1e-6)
     # fees are exactly commission times traded notional on both sides

@@ -55,7 +55,10 @@ def _run_backtesting_py(frame: pd.DataFrame, fast: int, slow: int, allow_short: 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bt = Backtest(
-            data, _crossover_strategy(fast, slow, allow_short), cash=10_000, commission=commission,
+            data,
+            _crossover_strategy(fast, slow, allow_short),
+            cash=10_000,
+            commission=commission,
             exclusive_orders=True,
         )
         return bt.run()
@@ -72,8 +75,12 @@ def test_sma_crossover_trades_and_final_equity_match_backtesting_py_when_run_on_
     stats = _run_backtesting_py(frame, fast, slow, allow_short, commission)
     theirs = stats._trades
     ours = run_backtest(
-        frame, "sma_crossover", {"fast": fast, "slow": slow, "allow_short": allow_short},
-        commission=commission, fraction=BACKTESTING_PY_FRACTION, lot_size=1,
+        frame,
+        "sma_crossover",
+        {"fast": fast, "slow": slow, "allow_short": allow_short},
+        commission=commission,
+        fraction=BACKTESTING_PY_FRACTION,
+        lot_size=1,
     )
     trades = ours.trades
     closed = trades[trades["exit_reason"] != "end_of_data"]
@@ -99,14 +106,19 @@ def test_trade_metrics_match_backtesting_py_statistics_when_computed_on_the_same
     frame = synthetic_ohlcv(1_500, seed=8)
     stats = _run_backtesting_py(frame, 10, 40, True, 0.001)
     ours = run_backtest(
-        frame, "sma_crossover", {"fast": 10, "slow": 40}, commission=0.001,
-        fraction=BACKTESTING_PY_FRACTION, lot_size=1,
+        frame,
+        "sma_crossover",
+        {"fast": 10, "slow": 40},
+        commission=0.001,
+        fraction=BACKTESTING_PY_FRACTION,
+        lot_size=1,
     )
     # backtesting.py's statistics cover closed trades only: evaluate our trade metrics on that subset.
     closed = ours.trades[ours.trades["exit_reason"] != "end_of_data"]
     context = _trade_context(closed)
     metrics = compute_metrics(
-        context, ["num_trades", "win_rate", "sqn", "kelly_criterion", "best_trade_return", "worst_trade_return"]
+        context,
+        ["num_trades", "win_rate", "sqn", "kelly_criterion", "best_trade_return", "worst_trade_return"],
     )
     assert metrics["num_trades"] == stats["# Trades"]
     assert metrics["win_rate"] * 100 == pytest.approx(stats["Win Rate [%]"])
@@ -119,9 +131,17 @@ def test_trade_metrics_match_backtesting_py_statistics_when_computed_on_the_same
 def _trade_context(trades: pd.DataFrame) -> MetricContext:
     flat = np.full(10, 10_000.0)
     return MetricContext(
-        equity=flat, initial_cash=10_000.0, periods_per_year=252.0, units=np.zeros(10), close=flat,
-        trade_pnl=trades["pnl"].to_numpy(), trade_return=trades["return"].to_numpy(),
-        trade_bars_held=trades["bars_held"].to_numpy(), trade_direction=np.sign(trades["size"].to_numpy()).astype(int),
-        trade_fees=trades["fees"].to_numpy(), trade_exit_reason=np.zeros(len(trades), dtype=int),
-        trade_notional=(trades["size"].abs() * trades["entry_price"]).to_numpy(), benchmark_returns=np.zeros(10),
+        equity=flat,
+        initial_cash=10_000.0,
+        periods_per_year=252.0,
+        units=np.zeros(10),
+        close=flat,
+        trade_pnl=trades["pnl"].to_numpy(),
+        trade_return=trades["return"].to_numpy(),
+        trade_bars_held=trades["bars_held"].to_numpy(),
+        trade_direction=np.sign(trades["size"].to_numpy()).astype(int),
+        trade_fees=trades["fees"].to_numpy(),
+        trade_exit_reason=np.zeros(len(trades), dtype=int),
+        trade_notional=(trades["size"].abs() * trades["entry_price"]).to_numpy(),
+        benchmark_returns=np.zeros(10),
     )

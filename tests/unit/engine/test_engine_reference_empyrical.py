@@ -20,10 +20,20 @@ def _context(returns: np.ndarray, benchmark: np.ndarray, risk_free_rate: float =
     equity = 10_000.0 * np.cumprod(1.0 + returns)
     empty = np.zeros(0)
     return MetricContext(
-        equity=equity, initial_cash=10_000.0, periods_per_year=P, units=np.ones(returns.size), close=equity,
-        trade_pnl=empty, trade_return=empty, trade_bars_held=empty.astype(int), trade_direction=empty.astype(int),
-        trade_fees=empty, trade_exit_reason=empty.astype(int), trade_notional=empty,
-        benchmark_returns=benchmark, risk_free_rate=risk_free_rate,
+        equity=equity,
+        initial_cash=10_000.0,
+        periods_per_year=P,
+        units=np.ones(returns.size),
+        close=equity,
+        trade_pnl=empty,
+        trade_return=empty,
+        trade_bars_held=empty.astype(int),
+        trade_direction=empty.astype(int),
+        trade_fees=empty,
+        trade_exit_reason=empty.astype(int),
+        trade_notional=empty,
+        benchmark_returns=benchmark,
+        risk_free_rate=risk_free_rate,
     )
 
 
@@ -44,7 +54,11 @@ def _strategy_returns() -> tuple[np.ndarray, np.ndarray]:
     return returns, np.concatenate(([0.0], close[1:] / close[:-1] - 1.0))
 
 
-CASES = {"random_seed_1": _random_returns(1), "random_seed_2": _random_returns(2), "rsi_run": _strategy_returns()}
+CASES = {
+    "random_seed_1": _random_returns(1),
+    "random_seed_2": _random_returns(2),
+    "rsi_run": _strategy_returns(),
+}
 
 
 @pytest.fixture(params=list(CASES), ids=list(CASES))
@@ -54,7 +68,7 @@ def case(request) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
 
 
 def test_return_and_risk_metrics_match_empyrical_when_given_the_same_returns(case):
-    r, b, m = case
+    r, _, m = case
     expected = {
         "cagr": empyrical.annual_return(r, annualization=P),
         "annualized_volatility": empyrical.annual_volatility(r, annualization=P),
@@ -98,7 +112,9 @@ def test_risk_free_rate_is_subtracted_per_bar_like_empyrical_when_it_is_set():
     annual = 0.04
     m = compute_metrics(_context(r, b, risk_free_rate=annual))
     per_bar = annual / P
-    assert m["sharpe_ratio"] == pytest.approx(empyrical.sharpe_ratio(r, risk_free=per_bar, annualization=P), rel=1e-9)
+    assert m["sharpe_ratio"] == pytest.approx(
+        empyrical.sharpe_ratio(r, risk_free=per_bar, annualization=P), rel=1e-9
+    )
     alpha, beta = empyrical.alpha_beta(r, b, risk_free=per_bar, annualization=P)
     assert m["alpha"] == pytest.approx(alpha, rel=1e-9)
     assert m["beta"] == pytest.approx(beta, rel=1e-9)
