@@ -79,6 +79,13 @@ class Simulation:
         return int(self.entry_bar.size)
 
 
+def clean_target(target: npt.ArrayLike) -> FloatArray:
+    """Sign of each target (+1, 0, -1); NaN (no opinion yet, e.g. indicator warm-up) means flat."""
+    signs = np.sign(np.asarray(target, dtype=np.float64))
+    signs[np.isnan(signs)] = 0.0
+    return signs
+
+
 def _segments(target: FloatArray) -> tuple[IntArray, IntArray, IntArray]:
     """Start bar, end bar (exclusive) and direction of every run of a constant non-zero held position."""
     n = target.size
@@ -195,7 +202,7 @@ def simulate(
     """Run target positions (sign of `target[t]`, decided on bar t's close) through the execution rules."""
     n = close.size
     slip = config.slippage_bps / 10_000.0
-    starts, ends, direction = _segments(np.nan_to_num(np.asarray(target, dtype=np.float64)))
+    starts, ends, direction = _segments(clean_target(target))
     entry_price = open_[starts] * (1 + direction * slip)
     exit_bar = np.where(ends < n, ends, n - 1)
     raw_exit = np.where(ends < n, open_[np.minimum(ends, n - 1)], close[n - 1])
@@ -229,22 +236,27 @@ def simulate(
     cash_in_trade = equity_before - direction * units * entry_price - units * entry_price * c
     signed_units = direction * units
 
-    cash_level = np.full(n, np.nan)
-    unit_level = np.full(n, np.nan)
+    # Cash and units change only at trade events; each bar takes the state of the last event at or
+    # before it. Later writes win, so a reversal's entry overrides the previous trade's exit on that bar.
+    cash_level = np.empty(n)
+    unit_level = np.empty(n)
+    last_event = np.zeros(n, dtype=np.int64)
+    cash_level[0], unit_level[0] = config.cash, 0.0  # no trade can fill on the first bar
     cash_level[exit_bar] = equity_after
     unit_level[exit_bar] = 0.0
+    last_event[exit_bar] = exit_bar
     held = exit_bar > starts
     cash_level[starts[held]] = cash_in_trade[held]
     unit_level[starts[held]] = signed_units[held]
+    last_event[starts[held]] = starts[held]
     flash = ~held  # trades opened and closed within one bar: their exit is the bar's last state
     cash_level[exit_bar[flash]] = equity_after[flash]
     unit_level[exit_bar[flash]] = 0.0
-    if np.isnan(cash_level[0]):
-        cash_level[0], unit_level[0] = config.cash, 0.0
-    last_event = np.maximum.accumulate(np.where(np.isnan(cash_level), 0, np.arange(n)))
+    np.maximum.accumulate(last_event, out=last_event)
     cash = cash_level[last_event]
     units_per_bar = unit_level[last_event]
-    equity = cash + units_per_bar * close
+    equity = units_per_bar * close
+    equity += cash
     return Simulation(
         equity=equity,
         cash=cash,

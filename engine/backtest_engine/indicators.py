@@ -123,9 +123,12 @@ def crosses_above(a: FloatArray, b: FloatArray) -> npt.NDArray[np.bool_]:
 
 def hold_from_events(events: FloatArray) -> FloatArray:
     """Forward-fill a sparse event array (NaN = no event) into a position target; flat before the first."""
+    if np.isnan(events[0]):
+        events = events.copy()
+        events[0] = 0.0
     index = np.where(np.isnan(events), 0, np.arange(events.size))
-    filled = events[np.maximum.accumulate(index)]
-    return np.nan_to_num(filled, nan=0.0)
+    np.maximum.accumulate(index, out=index)
+    return events[index]
 
 
 @dataclass

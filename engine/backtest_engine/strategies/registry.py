@@ -17,6 +17,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from backtest_engine.errors import InvalidCombination, InvalidParameter, UnknownStrategy
+from backtest_engine.execution import clean_target
 from backtest_engine.indicators import Bars
 
 FloatArray = npt.NDArray[np.float64]
@@ -138,7 +139,7 @@ def validate_params(name: str, params: dict[str, Any] | None) -> StrategyParams:
 def generate_signals(bars: Bars, name: str, params: StrategyParams) -> Signals:
     """Run a strategy's signal function and check its output shape and values."""
     signals = get_strategy(name).generate(bars, params)
-    target = np.sign(np.nan_to_num(np.asarray(signals.target, dtype=np.float64)))
+    target = clean_target(signals.target)
     if target.shape != (bars.size,):
         raise ValueError(f"strategy {name} returned {target.shape} targets for {bars.size} bars")
     return Signals(target=target, structure=signals.structure)
