@@ -46,15 +46,20 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
     if len(df) < 2:
         raise InvalidData(f"need at least 2 bars, got {len(df)}")
     try:
-        index = pd.DatetimeIndex(pd.to_datetime(df.index))
+        index = (
+            df.index if isinstance(df.index, pd.DatetimeIndex) else pd.DatetimeIndex(pd.to_datetime(df.index))
+        )
     except (ValueError, TypeError) as exc:
         raise InvalidData(f"time column is not parseable as timestamps: {exc}") from exc
     if index.hasnans:
         raise InvalidData("missing timestamp", row=_first_bad_row(np.asarray(index.isna())))
     values = {}
     for column in OHLCV_COLUMNS:
-        numeric = pd.to_numeric(df[column], errors="coerce")
-        array = np.asarray(numeric, dtype=np.float64)
+        series = df[column]
+        if series.dtype == np.float64:
+            array = series.to_numpy(dtype=np.float64, copy=True)
+        else:
+            array = np.asarray(pd.to_numeric(series, errors="coerce"), dtype=np.float64)
         bad = ~np.isfinite(array)
         if bad.any():
             row = _first_bad_row(bad)

@@ -12,6 +12,7 @@ them. Per-bar cash and units are piecewise constant between trade events and are
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,21 +174,21 @@ def _size_trades(
         growth = np.maximum(1.0 + f * per_unit_change / cost_per_unit, 0.0)
         equity_before = config.cash * np.concatenate(([1.0], np.cumprod(growth)[:-1]))
         return f * equity_before / cost_per_unit, equity_before
-    lot = config.lot_size
-    units = np.empty(entry_price.size)
-    equity_before = np.empty(entry_price.size)
+    # Whole lots make each trade's size depend on the equity the previous trades left: a loop over trades
+    # (not bars), on plain floats. The per-unit result of every trade does not depend on its size.
+    lot = float(config.lot_size)
+    per_unit = (direction * (exit_price - entry_price) - c * (entry_price + exit_price)).tolist()
+    units: list[float] = []
+    available: list[float] = []
     equity = config.cash
-    for i, (pe, px, d, cost) in enumerate(
-        zip(
-            entry_price.tolist(), exit_price.tolist(), direction.tolist(), cost_per_unit.tolist(), strict=True
-        )
-    ):
-        equity_before[i] = equity
-        u = ((equity * f) // cost) if lot == 1 else np.floor((equity * f) / cost / lot) * lot
-        u = max(float(u), 0.0)
-        units[i] = u
-        equity += u * (d * (px - pe) - c * (pe + px))
-    return units, equity_before
+    for cost, change in zip(cost_per_unit.tolist(), per_unit, strict=True):
+        available.append(equity)
+        # floor division matches how whole-unit brokers (and backtesting.py) size "all equity" orders
+        u = (equity * f) // cost if lot == 1.0 else math.floor((equity * f) / cost / lot) * lot
+        u = max(u, 0.0)
+        units.append(u)
+        equity += u * change
+    return np.asarray(units, dtype=np.float64), np.asarray(available, dtype=np.float64)
 
 
 def simulate(

@@ -14,9 +14,6 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 
-TAIL_PERCENTILES = (1.0, 5.0, 95.0)
-
-
 def dot(a: FloatArray, b: FloatArray) -> float:
     """Inner product without BLAS: on a busy machine BLAS thread hand-offs cost milliseconds per call."""
     return float(np.einsum("i,i->", a, b))
@@ -99,35 +96,21 @@ class MetricContext:
         depths = np.minimum.reduceat(self.drawdown, starts)
         return depths, (ends - starts).astype(np.int64)
 
-    def _ranks(self, q: float) -> tuple[int, int, float]:
-        position = q / 100.0 * (self.returns.size - 1)
-        low = int(np.floor(position))
-        return low, min(low + 1, self.returns.size - 1), position - low
-
     @cached_property
-    def partitioned_returns(self) -> FloatArray:
-        """Returns partially sorted so that the order statistics the tail metrics need are in place.
-
-        A full sort is O(n log n); partitioning at a handful of ranks is O(n) and is all VaR, CVaR and the
-        tail ratio need (ranks for the 1st, 5th and 95th percentiles and the 1% and 5% CVaR cutoffs).
-        """
-        kth = {rank for q in TAIL_PERCENTILES for rank in self._ranks(q)[:2]}
-        kth |= {int((self.returns.size - 1) * q / 100.0) for q in TAIL_PERCENTILES}
-        return np.partition(self.returns, sorted(kth))
+    def sorted_returns(self) -> FloatArray:
+        return np.sort(self.returns)
 
     def percentile(self, q: float) -> float:
         """q-th percentile (0-100) of per-bar returns, linear interpolation (numpy's default method)."""
-        if q not in TAIL_PERCENTILES:
-            return float(np.percentile(self.returns, q))
-        values = self.partitioned_returns
-        low, high, weight = self._ranks(q)
-        return float(values[low] + (values[high] - values[low]) * weight)
+        values = self.sorted_returns
+        position = q / 100.0 * (values.size - 1)
+        low = int(np.floor(position))
+        high = min(low + 1, values.size - 1)
+        return float(values[low] + (values[high] - values[low]) * (position - low))
 
     def lowest_returns(self, q: float) -> FloatArray:
-        """The int((n - 1) * q / 100) + 1 lowest per-bar returns (for CVaR), q in TAIL_PERCENTILES."""
-        cutoff = int((self.returns.size - 1) * q / 100.0)
-        values = self.partitioned_returns if q in TAIL_PERCENTILES else np.sort(self.returns)
-        return values[: cutoff + 1]
+        """The int((n - 1) * q / 100) + 1 lowest per-bar returns (empyrical's CVaR sample)."""
+        return self.sorted_returns[: int((self.returns.size - 1) * q / 100.0) + 1]
 
     @cached_property
     def moments(self) -> tuple[float, float, float, float]:
