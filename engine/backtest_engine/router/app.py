@@ -19,6 +19,7 @@ from backtest_engine.router.forwarding import (
     TRACK_HEADER,
     BodyTooLargeError,
     ClientDisconnectedError,
+    ForwardedRequest,
     Headers,
     declared_length,
     read_body,
@@ -34,7 +35,7 @@ from backtest_engine.router.routing import (
     plan_after_canary,
     status_without_answer,
 )
-from backtest_engine.router.upstream import Answer, Upstream
+from backtest_engine.router.upstream import Answer, UnforwardableRequestError, Upstream
 from backtest_engine.router.weights import WeightSource, WeightState
 
 log = logging.getLogger("backtest_engine.router")
@@ -101,16 +102,16 @@ class RouterApp:
         self.stable = Upstream(
             Track.STABLE,
             config.stable_url,
-            config.stable_timeout_seconds,
-            config.connect_timeout_seconds,
-            config.max_connections,
+            timeout_seconds=config.stable_timeout_seconds,
+            connect_timeout_seconds=config.connect_timeout_seconds,
+            max_connections=config.max_connections,
         )
         self.canary = Upstream(
             Track.CANARY,
             config.canary_url,
-            config.canary_timeout_seconds,
-            config.connect_timeout_seconds,
-            config.max_connections,
+            timeout_seconds=config.canary_timeout_seconds,
+            connect_timeout_seconds=config.connect_timeout_seconds,
+            max_connections=config.max_connections,
         )
         self._draw = (rng or random.Random()).random
 
@@ -172,26 +173,39 @@ class RouterApp:
             return
         except ClientDisconnectedError:
             return
-        headers = upstream_request_headers(scope)
-        target = request_target(scope)
+        forwarded = ForwardedRequest(
+            method=method,
+            target=request_target(scope),
+            headers=upstream_request_headers(scope),
+            body=body,
+            replayable=is_replayable(method, (name for name, _ in scope["headers"])),
+        )
+        try:
+            await self._route(scope, send, forwarded)
+        except UnforwardableRequestError as exc:
+            # The client's own request is malformed for HTTP/1.1: no track is to blame, none counts it.
+            log.info("event=unforwardable_request method=%s error=%r", method, str(exc)[:200])
+            await _send_json(send, 400, {"error": "request cannot be forwarded"})
 
+    async def _route(self, scope: Scope, send: Send, forwarded: ForwardedRequest) -> None:
+        method, replayable = forwarded.method, forwarded.replayable
         if choose_track(self.weight.value, self._draw()) is Track.STABLE:
-            answer = await self.stable.attempt(method, target, headers, body)
+            answer = await self.stable.attempt(forwarded)
             self.metrics.record_attempt(Track.STABLE, answer.outcome, answer.duration_seconds)
             await self._respond(send, method, answer, Track.STABLE, b"")
             return
 
-        answer = await self.canary.attempt(method, target, headers, body)
+        answer = await self.canary.attempt(forwarded)
         self.metrics.record_attempt(Track.CANARY, answer.outcome, answer.duration_seconds)
-        replayable = is_replayable(method, (name for name, _ in scope["headers"]))
         plan = plan_after_canary(answer.outcome, replayable)
         if plan.fallback is None:
             if answer.outcome.is_error or answer.outcome.failure is not None:
                 log.warning(
-                    "event=canary_failed method=%s path=%s code=%s replayable=false error=%r",
+                    "event=canary_failed method=%s path=%s code=%s replayable=%s error=%r",
                     method,
                     scope["path"][:200],
                     answer.outcome.code_label,
+                    str(replayable).lower(),
                     answer.error,
                 )
             await self._respond(send, method, answer, Track.CANARY, b"")
@@ -207,7 +221,7 @@ class RouterApp:
             answer.duration_seconds,
             answer.error,
         )
-        stable = await self.stable.attempt(method, target, headers, body)
+        stable = await self.stable.attempt(forwarded)
         self.metrics.record_attempt(Track.STABLE, stable.outcome, stable.duration_seconds)
         await self._respond(send, method, stable, Track.STABLE, plan.fallback.value.encode())
 

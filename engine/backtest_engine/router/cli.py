@@ -90,6 +90,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-connections", type=int, default=256, metavar="N", help="pooled connections per upstream"
     )
+    parser.add_argument(
+        "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop (auto: uvloop)"
+    )
+    parser.add_argument(
+        "--http", default="auto", choices=["auto", "h11", "httptools"], help="HTTP parser (auto: httptools)"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off: costly)")
 
@@ -148,8 +154,8 @@ def run_router(args: argparse.Namespace) -> int:
             access_log=args.access_log,
             log_config=None,
             log_level=args.log_level,
-            loop="auto",
-            http="auto",
+            loop=args.loop,
+            http=args.http,
             server_header=False,
             date_header=False,
         )

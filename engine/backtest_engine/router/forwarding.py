@@ -7,6 +7,7 @@ drop them in both directions, including any header the `Connection` header names
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 HOP_BY_HOP = frozenset(
@@ -31,6 +32,17 @@ DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 
 Headers = list[tuple[bytes, bytes]]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardedRequest:
+    """A client request as it is sent to a track, and sent again to stable on fallback."""
+
+    method: str
+    target: bytes
+    headers: Headers
+    body: bytes
+    replayable: bool = False
 
 
 class BodyTooLargeError(Exception):

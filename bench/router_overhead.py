@@ -1,0 +1,236 @@
+"""Router overhead against calling the upstream directly, at a fixed request rate, plus throughput and
+weight flips under load. Not a test: it prints and writes numbers (`make bench-router`).
+
+Processes: one upstream (tests/support/upstream.py, healthy) playing both stable and canary on two
+ports, the router (`python -m backtest_engine.router`) in front, and this load generator, all on the
+same machine. Baseline = the same load generator against the upstream directly, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import Result, closed_loop, open_loop
+
+ROOT = Path(__file__).resolve().parents[1]
+UPSTREAM = ROOT / "tests" / "support" / "upstream.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=0.5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready")
+
+
+def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, env={**os.environ, **(env or {})}, stderr=subprocess.DEVNULL)
+
+
+def start_upstream(name: str) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    proc = start([sys.executable, str(UPSTREAM), "--port", str(port)], {"UPSTREAM_NAME": name})
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/_stats")
+    return url, proc
+
+
+def start_router(
+    stable: str, canary: str, weight_file: Path, *extra: str
+) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "backtest_engine.router",
+            "--stable",
+            stable,
+            "--canary",
+            canary,
+            "--weight-file",
+            str(weight_file),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--log-level",
+            "warning",
+            *extra,
+        ]
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/router/health")
+    return url, proc
+
+
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def summary(result: Result) -> dict[str, object]:
+    return {
+        "completed": result.completed,
+        "failed": result.failed,
+        "rps": round(result.completed / result.elapsed, 1) if result.elapsed else 0,
+        "p50_ms": ms(result.percentile(0.50)),
+        "p90_ms": ms(result.percentile(0.90)),
+        "p99_ms": ms(result.percentile(0.99)),
+        "max_ms": ms(max(result.latencies, default=float("nan"))),
+        "max_send_lag_ms": ms(result.max_send_lag),
+    }
+
+
+def merge(results: list[Result]) -> Result:
+    merged = Result()
+    for r in results:
+        merged.latencies += r.latencies
+        merged.statuses.update(r.statuses)
+        merged.failures.update(r.failures)
+        merged.headers_seen.update(r.headers_seen)
+        merged.elapsed += r.elapsed
+        merged.max_send_lag = max(merged.max_send_lag, r.max_send_lag)
+    return merged
+
+
+async def flip_weights(path: Path, stop: asyncio.Event, every: float, applied: list[int]) -> None:
+    rng = random.Random(1)
+    while not stop.is_set():
+        value = rng.choice([0, 100, rng.randint(0, 100)])
+        # in place, not atomic: the router must cope with torn reads
+        await asyncio.to_thread(path.write_text, f"{value}\n")
+        applied.append(value)
+        await asyncio.sleep(every)
+
+
+async def main_async(opts: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "rate_rps": opts.rate,
+        "seconds_per_run": opts.seconds,
+        "rounds": opts.rounds,
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
+    weight = tmp / "weight"
+    weight.write_text("0")
+    try:
+        stable, p = start_upstream("stable")
+        procs.append(p)
+        canary, p = start_upstream("canary")
+        procs.append(p)
+        routers = {}
+        for variant, extra in opts.variants.items():
+            url, p = start_router(stable, canary, weight, *extra)
+            procs.append(p)
+            routers[variant] = url
+
+        # 1. fixed rate: direct vs routed, interleaved rounds so drift hits both alike
+        runs: dict[str, list[Result]] = {"direct": [], **{f"routed[{v}]": [] for v in routers}}
+        for _ in range(opts.rounds):
+            runs["direct"].append(await open_loop(stable + "/x", opts.rate, opts.seconds))
+            for variant, url in routers.items():
+                runs[f"routed[{variant}]"].append(await open_loop(url + "/x", opts.rate, opts.seconds))
+        fixed = {name: summary(merge(results)) for name, results in runs.items()}
+        base = fixed["direct"]
+        for name, row in fixed.items():
+            if name != "direct":
+                row["overhead_p50_ms"] = round(row["p50_ms"] - base["p50_ms"], 3)
+                row["overhead_p99_ms"] = round(row["p99_ms"] - base["p99_ms"], 3)
+        out["fixed_rate"] = fixed
+
+        # 2. same rate with a 50/50 split (both healthy): the canary path costs what the stable path does
+        main_router = routers[next(iter(routers))]
+        weight.write_text("50")
+        await asyncio.sleep(0.5)
+        split = await open_loop(main_router + "/x", opts.rate, opts.seconds, watch_header="x-backtest-track")
+        out["fixed_rate_weight_50"] = {**summary(split), "tracks": dict(split.headers_seen)}
+
+        # 3. maximum throughput, closed loop
+        throughput = {}
+        for name, url in [("direct", stable), *((f"routed[{v}]", u) for v, u in routers.items())]:
+            r = await closed_loop(url + "/x", opts.concurrency, opts.seconds)
+            throughput[name] = {**summary(r), "concurrency": opts.concurrency}
+        out["max_throughput"] = throughput
+
+        # 4. weight flips every 100 ms under load: zero failed client requests allowed
+        stop = asyncio.Event()
+        applied: list[int] = []
+        flipper = asyncio.create_task(flip_weights(weight, stop, opts.flip_every, applied))
+        flips = await open_loop(
+            main_router + "/x", opts.rate, opts.flip_seconds, watch_header="x-backtest-track"
+        )
+        stop.set()
+        await flipper
+        async with httpx.AsyncClient() as client:
+            state = (await client.get(main_router + "/router/state")).json()
+        out["weight_flips"] = {
+            **summary(flips),
+            "flip_every_s": opts.flip_every,
+            "weights_written": len(applied),
+            "tracks": dict(flips.headers_seen),
+            "status_codes": {str(k): v for k, v in flips.statuses.items()},
+            "transport_failures": dict(flips.failures),
+            "router_fallbacks": state["counters"]["fallbacks"],
+        }
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--flip-seconds", type=float, default=20)
+    parser.add_argument("--flip-every", type=float, default=0.1)
+    parser.add_argument("--compare-servers", action="store_true", help="also run the router on h11+asyncio")
+    parser.add_argument("--json", type=Path, help="write the results here too")
+    opts = parser.parse_args()
+    opts.variants = {"httptools+uvloop": ["--http", "httptools", "--loop", "uvloop"]}
+    if opts.compare_servers:
+        opts.variants["h11+asyncio"] = ["--http", "h11", "--loop", "asyncio"]
+    results = uvloop.run(main_async(opts))
+    text = json.dumps(results, indent=2)
+    print(text)
+    if opts.json:
+        opts.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
