@@ -6,6 +6,7 @@ to add as little as possible on top of the upstream's latency.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import random
@@ -128,6 +129,10 @@ class RouterApp:
         # websockets are not routed: returning without accepting makes the server close them.
 
     async def startup(self) -> None:
+        # Everything allocated so far lives as long as the process: keep the collector from re-scanning
+        # it, which shortens the pauses that show up in the router's p99.
+        gc.collect()
+        gc.freeze()
         await self.weight_source.start(self.weight)
         log.info(
             "event=router_started stable=%s canary=%s weight=%d weight_source=%s",

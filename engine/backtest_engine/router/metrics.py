@@ -7,6 +7,7 @@ anything else imported into the same interpreter (the engine service registers i
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -63,6 +64,7 @@ class RouterMetrics:
         )
         # Children resolved once: `.labels()` takes a lock and hashes on every call.
         self._duration_children = {track: self.duration.labels(track=track.value) for track in Track}
+        self._request_children: dict[tuple[Track, str], Any] = {}
         for track in Track:  # expose zeros from the start so rate() has a baseline
             self.requests.labels(track=track.value, code="200")
         for reason in FallbackReason:
@@ -70,7 +72,11 @@ class RouterMetrics:
 
     def record_attempt(self, track: Track, outcome: Outcome, duration_seconds: float) -> None:
         """Count one attempt at one track under its final code and observe how long it took."""
-        self.requests.labels(track=track.value, code=outcome.code_label).inc()
+        key = (track, outcome.code_label)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(track=track.value, code=key[1])
+        child.inc()
         self._duration_children[track].observe(duration_seconds)
 
     def record_fallback(self, reason: FallbackReason) -> None:
