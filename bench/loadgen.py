@@ -39,9 +39,15 @@ class Result:
         return data[min(len(data) - 1, int(q * len(data)))]
 
 
+# Servers close idle keep-alive connections (uvicorn after 5 s); like any client library, drop them
+# sooner so that a request is never written into a connection the server is closing.
+KEEPALIVE_EXPIRY = 3.0
+
+
 class Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
+        self.idle_since = time.monotonic()
 
     async def request(self, payload: bytes, watch_header: bytes | None) -> tuple[int, str | None]:
         self.writer.write(payload)
@@ -73,12 +79,17 @@ class Pool:
         self.idle: list[Connection] = []
 
     async def acquire(self) -> Connection:
-        if self.idle:
-            return self.idle.pop()
+        now = time.monotonic()
+        while self.idle:
+            conn = self.idle.pop()
+            if now - conn.idle_since < KEEPALIVE_EXPIRY and not conn.reader.at_eof():
+                return conn
+            conn.close()
         reader, writer = await asyncio.open_connection(self.host, self.port)
         return Connection(reader, writer)
 
     def release(self, conn: Connection) -> None:
+        conn.idle_since = time.monotonic()
         self.idle.append(conn)
 
     def close(self) -> None:

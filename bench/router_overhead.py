@@ -15,6 +15,7 @@ import os
 import platform
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,7 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
         "rate_rps": opts.rate,
         "seconds_per_run": opts.seconds,
         "rounds": opts.rounds,
+        "loadavg_at_start": os.getloadavg(),
     }
     procs: list[subprocess.Popen[bytes]] = []
     tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
@@ -167,7 +169,23 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
             if name != "direct":
                 row["overhead_p50_ms"] = round(row["p50_ms"] - base["p50_ms"], 3)
                 row["overhead_p99_ms"] = round(row["p99_ms"] - base["p99_ms"], 3)
+                # each round pairs a direct and a routed run taken seconds apart: less exposed to
+                # other load on the machine than the pooled numbers
+                per_round = [
+                    (
+                        ms(r.percentile(0.99)) - ms(d.percentile(0.99)),
+                        ms(r.percentile(0.5)) - ms(d.percentile(0.5)),
+                    )
+                    for d, r in zip(runs["direct"], runs[name], strict=True)
+                ]
+                row["overhead_p99_ms_per_round"] = [round(p99, 3) for p99, _ in per_round]
+                row["overhead_p50_ms_per_round"] = [round(p50, 3) for _, p50 in per_round]
+                row["overhead_p99_ms_median_of_rounds"] = round(statistics.median(p for p, _ in per_round), 3)
         out["fixed_rate"] = fixed
+        out["fixed_rate_rounds"] = {
+            name: [{k: summary(r)[k] for k in ("p50_ms", "p99_ms", "failed")} for r in results]
+            for name, results in runs.items()
+        }
 
         # 2. same rate with a 50/50 split (both healthy): the canary path costs what the stable path does
         main_router = routers[next(iter(routers))]
@@ -203,6 +221,7 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
             "transport_failures": dict(flips.failures),
             "router_fallbacks": state["counters"]["fallbacks"],
         }
+        out["loadavg_at_end"] = os.getloadavg()
     finally:
         for p in procs:
             p.terminate()

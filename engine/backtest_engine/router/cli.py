@@ -157,6 +157,7 @@ def run_router(args: argparse.Namespace) -> int:
             loop=args.loop,
             http=args.http,
             server_header=False,
+            proxy_headers=False,  # the router is the first hop: client addresses come from the socket
             date_header=False,
         )
     )
