@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint crds clean
+.PHONY: setup test unit lint crds clean bench-router
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ lint: setup
 ## Regenerate crds/ from the pydantic models (a test fails when it is stale).
 crds: setup
 	$(BIN)/python -m backtest_operator.crd > crds/backtest.dev_backtestservices.yaml
+
+## Router overhead vs direct calls at a fixed rate, max throughput, weight flips under load.
+bench-router: setup
+	$(BIN)/python bench/router_overhead.py --compare-servers --json bench/results/router.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
