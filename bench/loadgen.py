@@ -9,6 +9,7 @@ its latency is measured from that due time, whether or not the generator was lat
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -182,3 +183,56 @@ async def closed_loop(url: str, concurrency: int, seconds: float) -> Result:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed = time.perf_counter() - started
     return result
+
+
+async def paired_open_loop(
+    url_a: str, url_b: str, rate: float, seconds: float, warmup_seconds: float = 1.0
+) -> tuple[Result, Result, list[float]]:
+    """Offer `rate` requests/s to each of two URLs at the same due times (order random per tick).
+
+    On a machine shared with other work, latency spikes come and go within seconds; runs taken one
+    after the other see different spikes. Paired requests see the same ones, so the per-pair difference
+    b - a isolates what b adds.
+    """
+    rng = random.Random(0)
+    targets = [(_payload(url_a), Result()), (_payload(url_b), Result())]
+    pools = [Pool(host, port) for (host, port, _), _ in targets]
+    pairs: list[tuple[list[float], list[float]]] = []
+
+    async def tick(due: float, record: bool) -> None:
+        done: list[list[float]] = [[], []]
+        order = [0, 1] if rng.random() < 0.5 else [1, 0]
+        tasks = []
+        for i in order:
+            (_, _, payload), result = targets[i]
+            sink = result if record else Result()
+            tasks.append(asyncio.create_task(_timed(pools[i], payload, due, sink, done[i])))
+        await asyncio.gather(*tasks)
+        if record:
+            pairs.append((done[0], done[1]))
+
+    for seconds_, record in ((warmup_seconds, False), (seconds, True)):
+        total = int(rate * seconds_)
+        t0 = time.perf_counter()
+        tasks = []
+        for i in range(total):
+            due = t0 + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(tick(due, record)))
+        await asyncio.gather(*tasks)
+        if record:
+            for _, result in targets:
+                result.elapsed = time.perf_counter() - t0
+    for pool in pools:
+        pool.close()
+    diffs = [b[0] - a[0] for a, b in pairs if a and b]
+    return targets[0][1], targets[1][1], diffs
+
+
+async def _timed(pool: Pool, payload: bytes, due: float, result: Result, out: list[float]) -> None:
+    before = len(result.latencies)
+    await _one(pool, payload, due, result, None)
+    if len(result.latencies) > before:
+        out.append(result.latencies[-1])

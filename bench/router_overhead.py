@@ -26,7 +26,7 @@ import httpx
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Result, closed_loop, open_loop
+from loadgen import Result, closed_loop, open_loop, paired_open_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 UPSTREAM = ROOT / "tests" / "support" / "upstream.py"
@@ -91,6 +91,20 @@ def start_router(
     return url, proc
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_pressure() -> str:
+    """Linux PSI: share of time some runnable task waited for a CPU (other load on a shared machine)."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return "unavailable"
+
+
 def ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
@@ -141,6 +155,7 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
         "seconds_per_run": opts.seconds,
         "rounds": opts.rounds,
         "loadavg_at_start": os.getloadavg(),
+        "cpu_pressure_at_start": cpu_pressure(),
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
     }
     procs: list[subprocess.Popen[bytes]] = []
@@ -152,18 +167,26 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
         procs.append(p)
         canary, p = start_upstream("canary")
         procs.append(p)
+        stable_pid = procs[0].pid
         routers = {}
+        router_pids = {}
         for variant, extra in opts.variants.items():
             url, p = start_router(stable, canary, weight, *extra)
             procs.append(p)
             routers[variant] = url
+            router_pids[variant] = p.pid
+        cpu: dict[str, float] = {}
 
         # 1. fixed rate: direct vs routed, interleaved rounds so drift hits both alike
         runs: dict[str, list[Result]] = {"direct": [], **{f"routed[{v}]": [] for v in routers}}
         for _ in range(opts.rounds):
+            before = cpu_seconds(stable_pid)
             runs["direct"].append(await open_loop(stable + "/x", opts.rate, opts.seconds))
+            cpu["upstream"] = cpu.get("upstream", 0.0) + cpu_seconds(stable_pid) - before
             for variant, url in routers.items():
+                before = cpu_seconds(router_pids[variant])
                 runs[f"routed[{variant}]"].append(await open_loop(url + "/x", opts.rate, opts.seconds))
+                cpu[variant] = cpu.get(variant, 0.0) + cpu_seconds(router_pids[variant]) - before
         fixed = {name: summary(merge(results)) for name, results in runs.items()}
         base = fixed["direct"]
         for name, row in fixed.items():
@@ -183,13 +206,35 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
                 row["overhead_p50_ms_per_round"] = [round(p50, 3) for _, p50 in per_round]
                 row["overhead_p99_ms_median_of_rounds"] = round(statistics.median(p for p, _ in per_round), 3)
         out["fixed_rate"] = fixed
+        # CPU time per request barely depends on other load, unlike latency percentiles
+        n_requests = opts.rate * opts.seconds * opts.rounds
+        out["cpu_us_per_request"] = {
+            "upstream (direct runs)": round(cpu["upstream"] / n_requests * 1e6, 1),
+            **{f"router[{v}] (routed runs)": round(cpu[v] / n_requests * 1e6, 1) for v in routers},
+        }
         out["fixed_rate_rounds"] = {
             name: [{k: summary(r)[k] for k in ("p50_ms", "p99_ms", "failed")} for r in results]
             for name, results in runs.items()
         }
 
-        # 2. same rate with a 50/50 split (both healthy): the canary path costs what the stable path does
+        # 1b. paired: direct and routed requests due at the same instants, so both see the same
+        # background load; per-pair differences give the overhead distribution directly
         main_router = routers[next(iter(routers))]
+        direct_r, routed_r, diffs = await paired_open_loop(
+            stable + "/x", main_router + "/x", opts.rate, opts.seconds * opts.rounds
+        )
+        diffs.sort()
+        out["paired"] = {
+            "direct": summary(direct_r),
+            "routed": summary(routed_r),
+            "overhead_p50_ms": round(summary(routed_r)["p50_ms"] - summary(direct_r)["p50_ms"], 3),
+            "overhead_p99_ms": round(summary(routed_r)["p99_ms"] - summary(direct_r)["p99_ms"], 3),
+            "pair_difference_p50_ms": ms(diffs[len(diffs) // 2]),
+            "pair_difference_p99_ms": ms(diffs[int(len(diffs) * 0.99)]),
+            "pairs": len(diffs),
+        }
+
+        # 2. same rate with a 50/50 split (both healthy): the canary path costs what the stable path does
         weight.write_text("50")
         await asyncio.sleep(0.5)
         split = await open_loop(main_router + "/x", opts.rate, opts.seconds, watch_header="x-backtest-track")
@@ -223,6 +268,7 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
             "router_fallbacks": state["counters"]["fallbacks"],
         }
         out["loadavg_at_end"] = os.getloadavg()
+        out["cpu_pressure_at_end"] = cpu_pressure()
     finally:
         for p in procs:
             p.terminate()
