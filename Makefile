@@ -32,11 +32,14 @@ lint: setup
 crds: setup
 	$(BIN)/python -m backtest_operator.crd > crds/backtest.dev_backtestservices.yaml
 
-## System packages the tests need (Prometheus from Debian); skipped when already installed.
+## System packages the tests need (Prometheus and PostgreSQL from Debian); skipped when already installed.
 deps-system:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing the Debian package prometheus"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@{ ls /usr/lib/postgresql/*/bin/initdb && ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || { \
+	  echo "installing the Debian package postgresql"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
 
 ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok once (cached by version).
 cluster-build: setup
