@@ -22,7 +22,7 @@ def csv_bytes(bars: int = 300, seed: int = 1) -> bytes:
 def assert_problem(response, status: int, field: str | None = None) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
-    assert PROBLEM_KEYS <= set(body)
+    assert set(body) >= PROBLEM_KEYS
     assert body["status"] == status
     assert "Traceback" not in response.text
     if field is not None:
@@ -54,7 +54,7 @@ def test_metrics_carry_version_and_track_labels_when_set(make_client: ClientFact
     client = make_client(version="v42", track="canary")
     client.get("/api/v1/strategies", headers=AUTH)
     text = client.get("/metrics").text
-    line = next(l for l in text.splitlines() if l.startswith("backtest_engine_http_requests_total{"))
+    line = next(row for row in text.splitlines() if row.startswith("backtest_engine_http_requests_total{"))
     assert 'version="v42"' in line and 'track="canary"' in line
     assert 'route="/api/v1/strategies"' in text
     for series in (
@@ -410,3 +410,14 @@ def test_unknown_optimization_is_404_when_fetched_or_cancelled(client: TestClien
 def test_unknown_route_is_a_problem_404_when_requested(client: TestClient):
     assert_problem(client.get("/api/v1/nothing-here", headers=AUTH), 404)
     assert_problem(client.put("/api/v1/strategies", headers=AUTH), 405)
+
+
+def test_backtest_cache_and_listing_work_when_the_store_is_each_database(make_client: ClientFactory, database_url: str):
+    client = make_client(DATABASE_URL=database_url)
+    first = client.post("/api/v1/backtests", headers=AUTH, json=backtest_body())
+    again = client.post("/api/v1/backtests", headers=AUTH, json=backtest_body())
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    listing = client.get("/api/v1/backtests", headers=AUTH, params={"metric": "num_trades>=0"}).json()
+    assert listing["total"] == 1
+    assert client.get("/api/v1/ready").json()["database"] in ("sqlite", "postgresql")
