@@ -186,8 +186,8 @@ class JobRunner:
     def _set_state(self, job: Job, state: str) -> None:
         job.state = state
         job.updated_at = utcnow()
-        self._persist(job, force=True)
         self._count()
+        self._persist(job, force=True)
 
     def _finish(self, job: Job, state: str) -> None:
         if job.state in FINAL_STATES:

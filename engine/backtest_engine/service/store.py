@@ -243,7 +243,7 @@ class Store:
             except (OperationalError, IntegrityError, ProgrammingError):  # a concurrent migrator won the race
                 if attempt == attempts - 1:
                     raise
-                time.sleep(0.2 * (attempt + 1))
+                time.sleep(0.05 * (attempt + 1))
         return len(MIGRATIONS)
 
     def _sync_metric_columns(self, connection: Connection) -> None:

@@ -366,7 +366,11 @@ def test_optimization_reports_progress_and_best_results_when_it_finishes(client:
     sharpes = [row["metrics"]["sharpe_ratio"] for row in status["best"]]
     assert len(sharpes) == 6 and sharpes == sorted(sharpes, reverse=True)
     assert_problem(client.delete(f"/api/v1/optimizations/{status['id']}", headers=AUTH), 409)
-    assert 'backtest_engine_jobs{state="succeeded",track="",version="0.1.0"} 1.0' in client.get("/metrics").text
+    deadline = time.monotonic() + 5
+    series = 'backtest_engine_jobs{state="succeeded",track="",version="0.1.0"} 1.0'
+    while series not in client.get("/metrics").text:  # the gauge follows the state change
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_optimization_stops_with_partial_results_when_cancelled(client: TestClient):

@@ -38,7 +38,7 @@ def test_api_requests_are_slowed_down_when_latency_is_added(make_client: ClientF
 
 def test_roughly_the_configured_share_fails_when_the_rate_is_partial(make_client: ClientFactory):
     client = make_client(fault_error_rate=0.3, rate_limit=10_000)
-    codes = [client.get("/api/v1/strategies", headers=AUTH).status_code for _ in range(400)]
+    codes = [client.get("/api/v1/strategies", headers=AUTH).status_code for _ in range(200)]
     share = codes.count(500) / len(codes)
-    assert 0.2 < share < 0.4  # binomial(400, 0.3): 5 standard deviations either side
+    assert 0.15 < share < 0.45  # binomial(200, 0.3): more than 4.5 standard deviations either side
     assert set(codes) == {200, 500}
