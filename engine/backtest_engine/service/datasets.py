@@ -29,7 +29,8 @@ def timeframe_of(index: pd.DatetimeIndex) -> str:
     """The typical bar spacing as a short label ("1d", "4h", "5m"); weekends do not change "1d"."""
     if len(index) < 2:
         return "unknown"
-    steps = np.diff(index.as_unit("ns").asi8) / 1e9
+    per_second = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[index.unit]
+    steps = np.diff(index.asi8) / per_second
     seconds = float(np.median(steps))
     for suffix, unit in _UNITS:
         if seconds >= unit and seconds % unit == 0:

@@ -41,7 +41,7 @@ class SyntheticData(Strict):
     """A seeded synthetic OHLCV series (the same spec always gives the same bars)."""
 
     symbol: Symbol = "SYNTH"
-    bars: int = Field(1_000, ge=2, le=200_000)
+    bars: int = Field(1_000, ge=2, le=50_000, description="business days from 2015-01-02 (50,000 reach 2206)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 

@@ -42,7 +42,6 @@ class ServiceSettings(BaseSettings):
     rate_limit: int = Field(default=600, ge=1, description="requests per minute per API key")
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="largest dataset upload")
     max_jobs: int = Field(default=2, ge=1, le=64, description="optimization jobs running at once")
-    max_bars: int = Field(default=200_000, ge=2, description="largest synthetic dataset a request may ask for")
 
     @property
     def keys(self) -> tuple[str, ...]:
