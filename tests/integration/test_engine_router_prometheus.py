@@ -196,7 +196,7 @@ def test_promql_yields_the_canary_rates_and_p95_when_a_faulty_canary_serves_half
 
     # Wait for Prometheus to hold the final values.
     deadline = time.monotonic() + 20
-    total = f'sum(backtest_router_requests_total{{job="router",track="canary"}})'
+    total = 'sum(backtest_router_requests_total{job="router",track="canary"})'
     while scalar(server, total) < after["requests"]:
         assert time.monotonic() < deadline, "Prometheus did not scrape the final counters"
         time.sleep(0.5)
