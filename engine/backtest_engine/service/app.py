@@ -2,7 +2,7 @@
 
 Handlers that touch the database or run the library are plain `def`, so FastAPI runs them in its worker
 threads and the event loop stays free for health checks and metrics scrapes while a backtest computes.
-Middleware order, outermost first: instrumentation (metrics, last-resort 500), upload size limit, fault
+Middleware order, outermost first: instrumentation (metrics, last-resort 500), body size limit, fault
 injection, then FastAPI's routing, validation and exception handlers.
 """
 
@@ -69,23 +69,30 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}}
 UPLOAD_PATH = "/api/v1/datasets"
+MAX_JSON_BYTES = 1024 * 1024
 API_KEY = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="one of ENGINE_API_KEYS")
 
 
-class UploadLimit:
-    """413 for dataset uploads over ENGINE_MAX_UPLOAD_BYTES, declared or actual, before they are parsed."""
+class BodyLimit:
+    """413 for request bodies over the limit, declared or actual, before anything parses them.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    Dataset uploads may reach ENGINE_MAX_UPLOAD_BYTES; every other body (JSON) is capped at
+    `max_json_bytes`, so no client can make the service buffer an arbitrarily large document.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_upload_bytes: int, max_json_bytes: int = MAX_JSON_BYTES) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes
+        self.max_json_bytes = max_json_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("path") != UPLOAD_PATH or scope.get("method") != "POST":
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self.max_upload_bytes if scope.get("path") == UPLOAD_PATH else self.max_json_bytes
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
             return
         received = 0
 
@@ -94,17 +101,17 @@ class UploadLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     raise _TooLarge
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._reject(send)
+            await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
-        body = problem_bytes(413, f"upload larger than {self.max_bytes} bytes")
+    async def _reject(self, send: Send, limit: int) -> None:
+        body = problem_bytes(413, f"request body larger than {limit} bytes")
         headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -123,6 +130,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     backtests = Backtests(store, metrics, settings.version, settings.cache_size)
     jobs = JobRunner(store, metrics, max_jobs=settings.max_jobs, workers=settings.workers)
     schema = {"ready": False}
+    strategy_catalog = list_strategies()  # the registry is fixed once imported; building schemas costs ms
 
     def ensure_schema() -> None:
         if not schema["ready"]:
@@ -248,7 +256,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     async def strategies() -> list[dict[str, Any]]:
         """Every registered strategy with its defaults and the JSON schema of its parameters."""
-        return list_strategies()
+        return strategy_catalog
 
     @app.post(
         "/api/v1/datasets",
@@ -467,11 +475,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise NotFound("optimization", job_id)
         return status(row)
 
-    # add_middleware puts the last added outermost: instrumentation, upload limit, faults, then the app.
+    # add_middleware puts the last added outermost: instrumentation, body limit, faults, then the app.
     app.add_middleware(
         FaultInjection, error_rate=settings.fault_error_rate, latency_seconds=settings.fault_latency_seconds
     )
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(Instrumentation, metrics=metrics, routes=lambda: app.routes)
     return app
 

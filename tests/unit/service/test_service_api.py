@@ -195,6 +195,11 @@ def test_dataset_upload_is_413_when_larger_than_the_limit(make_client: ClientFac
     assert_problem(response, 413)
 
 
+def test_json_body_is_413_when_larger_than_a_megabyte(client: TestClient):
+    body = backtest_body(params={"fast": 5, "slow": 20, "padding": "x" * (1024 * 1024)})
+    assert_problem(client.post("/api/v1/backtests", headers=AUTH, json=body), 413)
+
+
 def test_unknown_dataset_is_404_when_fetched_or_backtested(client: TestClient):
     assert_problem(client.get("/api/v1/datasets/abcdef", headers=AUTH), 404)
     body = backtest_body(synthetic=None, dataset_id="abcdef")
@@ -401,6 +406,15 @@ def test_optimization_stops_with_partial_results_when_cancelled(client: TestClie
 )
 def test_optimization_is_422_naming_the_field_when_input_is_bad(client: TestClient, body, field):
     assert_problem(client.post("/api/v1/optimizations", headers=AUTH, json=body), 422, field=field)
+
+
+def test_optimization_uses_worker_processes_when_configured(make_client: ClientFactory):
+    client = make_client(workers=2)
+    body = {"strategy": "ema_crossover", "space": {"fast": [3, 5, 8, 13], "slow": [20, 30, 40]}, "synthetic": SYNTHETIC}
+    started = client.post("/api/v1/optimizations", headers=AUTH, json=body).json()
+    status = wait_for_state(client, started["id"], {"succeeded", "failed"})
+    assert status["state"] == "succeeded", status
+    assert status["progress"]["done"] == 12 and len(status["best"]) == 10
 
 
 def test_unknown_optimization_is_404_when_fetched_or_cancelled(client: TestClient):
