@@ -16,11 +16,8 @@ from typing import Annotated, Any, Literal
 
 import sqlalchemy.exc
 from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, Response, Security, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse
 from fastapi.security import APIKeyHeader
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backtest_engine import __version__
 from backtest_engine.errors import EngineError, InvalidData
@@ -28,7 +25,8 @@ from backtest_engine.metrics import metric_names
 from backtest_engine.optimize import parameter_grid, random_parameters
 from backtest_engine.service import datasets, exports
 from backtest_engine.service.auth import API_KEY_HEADER, KeyRing, Principal
-from backtest_engine.service.backtests import SUMMARY_METRICS, Backtests, detail, engine_error_field, summary
+from backtest_engine.service.backtests import SUMMARY_METRICS, Backtests, detail, summary
+from backtest_engine.service.bodylimit import BodyLimit
 from backtest_engine.service.faults import FaultInjection
 from backtest_engine.service.instrumentation import Instrumentation
 from backtest_engine.service.jobs import FINAL_STATES, JobRunner, status
@@ -37,9 +35,9 @@ from backtest_engine.service.problems import (
     FieldError,
     NotFound,
     ServiceProblem,
+    engine_error_field,
+    install_handlers,
     problem,
-    problem_bytes,
-    validation_errors,
 )
 from backtest_engine.service.ratelimit import RateLimiter
 from backtest_engine.service.schemas import (
@@ -68,57 +66,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}} for code in (401, 422, 429)
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}}
-UPLOAD_PATH = "/api/v1/datasets"
-MAX_JSON_BYTES = 1024 * 1024
 API_KEY = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="one of ENGINE_API_KEYS")
-
-
-class BodyLimit:
-    """413 for request bodies over the limit, declared or actual, before anything parses them.
-
-    Dataset uploads may reach ENGINE_MAX_UPLOAD_BYTES; every other body (JSON) is capped at
-    `max_json_bytes`, so no client can make the service buffer an arbitrarily large document.
-    """
-
-    def __init__(self, app: ASGIApp, *, max_upload_bytes: int, max_json_bytes: int = MAX_JSON_BYTES) -> None:
-        self.app = app
-        self.max_upload_bytes = max_upload_bytes
-        self.max_json_bytes = max_json_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        limit = self.max_upload_bytes if scope.get("path") == UPLOAD_PATH else self.max_json_bytes
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._reject(send, limit)
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send, limit)
-
-    async def _reject(self, send: Send, limit: int) -> None:
-        body = problem_bytes(413, f"request body larger than {limit} bytes")
-        headers = [(b"content-type", b"application/problem+json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -189,31 +137,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     authenticated = [Depends(principal)]
 
-    # -- errors ------------------------------------------------------------------------------------------------
-
-    @app.exception_handler(ServiceProblem)
-    async def _service_problem(_: Request, exc: ServiceProblem) -> JSONResponse:
-        return problem(exc.status, exc.detail, headers=exc.headers, errors=exc.errors)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = validation_errors(list(exc.errors()))
-        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
-        return problem(422, detail or "invalid request", errors=errors)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
-
-    @app.exception_handler(EngineError)
-    async def _engine(_: Request, exc: EngineError) -> JSONResponse:
-        field = engine_error_field(exc)
-        return problem(field.status, field.detail, errors=field.errors)
-
-    @app.exception_handler(sqlalchemy.exc.OperationalError)
-    async def _database(_: Request, exc: sqlalchemy.exc.OperationalError) -> JSONResponse:
-        log.warning("event=database_error error=%s", type(exc.orig).__name__ if exc.orig else "unknown")
-        return problem(503, "the results database is unavailable", headers={"Retry-After": "5"})
+    install_handlers(app)
 
     # -- operations --------------------------------------------------------------------------------------------
 

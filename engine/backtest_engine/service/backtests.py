@@ -17,16 +17,15 @@ from typing import Any
 import pandas as pd
 
 from backtest_engine.backtest import run_backtest
-from backtest_engine.errors import EngineError, InvalidData, InvalidParameter, UnknownStrategy
+from backtest_engine.errors import EngineError
 from backtest_engine.service import datasets
 from backtest_engine.service.metrics import EngineMetrics
-from backtest_engine.service.problems import FieldError, NotFound
-from backtest_engine.service.schemas import BacktestRequest, DataSelection, Execution
+from backtest_engine.service.problems import FieldError, NotFound, engine_error_field
+from backtest_engine.service.schemas import BacktestRequest, DataSelection
 from backtest_engine.service.store import Store
 from backtest_engine.strategies import get_strategy, validate_params
 
 SUMMARY_METRICS = ("total_return", "cagr", "sharpe_ratio", "max_drawdown", "num_trades", "win_rate")
-EXECUTION_FIELDS = set(Execution.model_fields)
 
 
 class DataSlice:
@@ -42,18 +41,6 @@ class DataSlice:
         self.start = index[0].to_pydatetime()
         self.end = index[-1].to_pydatetime()
         self.bars = len(frame)
-
-
-def engine_error_field(error: EngineError, params_prefix: str = "params") -> FieldError:
-    """Name the request field a library error is about."""
-    if isinstance(error, UnknownStrategy):
-        return FieldError("strategy", str(error))
-    if isinstance(error, InvalidParameter):
-        prefix = "execution" if error.name in EXECUTION_FIELDS else params_prefix
-        return FieldError(f"{prefix}.{error.name}", str(error))
-    if isinstance(error, InvalidData):
-        return FieldError("dataset_id", str(error))
-    return FieldError("body", str(error))
 
 
 class KeyIndex:
