@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-FAST, SLOW, COMMISSION, CASH = 10, 50, 0.001, 10_000.0
+FAST, SLOW, COMMISSION, CASH = 10, 50, 0.0002, 1e9
 
 
 def bench_data(bars: int) -> pd.DataFrame:

@@ -36,7 +36,14 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
     """
     if not isinstance(frame, pd.DataFrame):
         raise InvalidData("expected a pandas DataFrame")
-    df = frame.rename(columns={c: str(c).strip().lower() for c in frame.columns})
+    # A frame already in normal form (e.g. validated before) is checked without being copied.
+    normal = (
+        list(frame.columns) == list(OHLCV_COLUMNS)
+        and isinstance(frame.index, pd.DatetimeIndex)
+        and frame.index.name == "time"
+        and all(dtype == np.float64 for dtype in frame.dtypes)
+    )
+    df = frame if normal else frame.rename(columns={c: str(c).strip().lower() for c in frame.columns})
     time_column = next((c for c in TIME_COLUMN_ALIASES if c in df.columns), None)
     if time_column is not None:
         df = df.set_index(time_column)
@@ -57,7 +64,7 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
     for column in OHLCV_COLUMNS:
         series = df[column]
         if series.dtype == np.float64:
-            array = series.to_numpy(dtype=np.float64, copy=True)
+            array = series.to_numpy(dtype=np.float64, copy=not normal)
         else:
             array = np.asarray(pd.to_numeric(series, errors="coerce"), dtype=np.float64)
         bad = ~np.isfinite(array)
@@ -65,7 +72,7 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
             row = _first_bad_row(bad)
             raise InvalidData(f"{column} is missing or not a finite number {index[row]}", row=row)
         values[column] = array
-    out = pd.DataFrame(values, index=index)
+    out = frame if normal else pd.DataFrame(values, index=index)
     out.index.name = "time"
     steps = np.diff(index.asi8)
     if (steps <= 0).any():

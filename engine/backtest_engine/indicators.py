@@ -152,7 +152,21 @@ class Bars:
         return self._memo[key]
 
     def sma(self, period: int) -> FloatArray:
-        return self._cached(("sma", period), lambda: sma(self.close, period))
+        return self._cached(("sma", period), lambda: self._sma_from_cumsum(period))
+
+    def _sma_from_cumsum(self, period: int) -> FloatArray:
+        """SMA of the close from one shared cumulative sum: a sweep over many windows pays for it once."""
+        close = self.close
+        out = np.full(close.size, np.nan)
+        if period > close.size:
+            return out
+        base = float(close[0])
+        csum = self._cached(("close_cumsum",), lambda: np.cumsum(close - base))
+        out[period - 1] = csum[period - 1] / period
+        np.subtract(csum[period:], csum[:-period], out=out[period:])
+        out[period:] /= period
+        out += base
+        return out
 
     def ema(self, period: int) -> FloatArray:
         return self._cached(("ema", period), lambda: ema(self.close, period))

@@ -98,9 +98,11 @@ def up_capture(c: MetricContext) -> float:
 def _capture(c: MetricContext, bars: np.ndarray) -> float:
     """CAGR of the run over CAGR of the benchmark, both compounded over the selected bars only."""
     years = float(np.count_nonzero(bars)) / c.periods_per_year
+    # growth over the selected bars = exp(sum of their log returns): a masked inner product, which is
+    # several times faster on a million bars than boolean indexing or np.where
     selected = bars.astype(np.float64)
     mine = cagr_from_growth(float(np.exp(dot(c.log_returns, selected))), years)
-    theirs = cagr_from_growth(float(np.exp(dot(np.log1p(c.benchmark_returns), selected))), years)
+    theirs = cagr_from_growth(float(np.exp(dot(c.benchmark_log_returns, selected))), years)
     return mine / theirs
 
 
@@ -131,7 +133,7 @@ def omega_ratio(c: MetricContext) -> float:
     "R-squared of a linear fit of cumulative log returns against time (1 = perfectly steady growth).",
 )
 def stability(c: MetricContext) -> float:
-    y = np.cumsum(c.log_returns)
+    y = np.log(c.equity / c.initial_cash)  # = cumulative sum of log(1 + r), without 2n transcendental calls
     n = y.size
     t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
     y_centred = y - y.mean()

@@ -71,11 +71,16 @@ class MetricContext:
         return self.returns - self.risk_free_per_period
 
     @cached_property
+    def peak(self) -> FloatArray:
+        """Running maximum of equity, starting from the initial cash."""
+        peak = np.maximum.accumulate(self.equity)
+        np.maximum(peak, self.initial_cash, out=peak)
+        return peak
+
+    @cached_property
     def drawdown(self) -> FloatArray:
         """Per-bar drawdown as a non-positive fraction of the running equity peak (initial cash included)."""
-        drawdown = np.maximum.accumulate(self.equity)
-        np.maximum(drawdown, self.initial_cash, out=drawdown)
-        np.divide(self.equity, drawdown, out=drawdown)
+        drawdown = np.divide(self.equity, self.peak)
         drawdown -= 1.0
         if not np.isfinite(drawdown).all():
             drawdown[~np.isfinite(drawdown)] = 0.0
@@ -180,6 +185,10 @@ class MetricContext:
     @cached_property
     def log_returns(self) -> FloatArray:
         return np.log1p(self.returns)
+
+    @cached_property
+    def benchmark_log_returns(self) -> FloatArray:
+        return np.log1p(self.benchmark_returns)
 
     @cached_property
     def alpha_beta(self) -> tuple[float, float]:
