@@ -80,6 +80,10 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
         kind = "duplicate" if steps[row - 1] == 0 else "out-of-order"
         raise InvalidData(f"{kind} timestamp {_describe_row(out, row)}", row=row)
     o, h, low, c, v = (values[k] for k in OHLCV_COLUMNS)
+    # One combined test first (valid data is the common case); the detailed checks below only run to
+    # find and name the first offending row. Positive lows with a consistent range imply positive prices.
+    if ((low > 0) & (h >= np.maximum(o, c)) & (low <= np.minimum(o, c)) & (v >= 0)).all():
+        return out
     checks: list[tuple[np.ndarray, str]] = [
         ((o <= 0) | (h <= 0) | (low <= 0) | (c <= 0), "prices must be positive"),
         (h < np.maximum(o, c), "high is below max(open, close)"),

@@ -183,9 +183,12 @@ def _size_trades(
     equity = config.cash
     for cost, change in zip(cost_per_unit.tolist(), per_unit, strict=True):
         available.append(equity)
-        # floor division matches how whole-unit brokers (and backtesting.py) size "all equity" orders
-        u = (equity * f) // cost if lot == 1.0 else math.floor((equity * f) / cost / lot) * lot
-        u = max(u, 0.0)
+        if equity <= 0.0:  # ruined: nothing left to trade with
+            u = 0.0
+        elif lot == 1.0:  # floor division, as whole-unit brokers (and backtesting.py) size "all equity"
+            u = (equity * f) // cost
+        else:
+            u = math.floor((equity * f) / cost / lot) * lot
         units.append(u)
         equity += u * change
     return np.asarray(units, dtype=np.float64), np.asarray(available, dtype=np.float64)
