@@ -2,7 +2,8 @@
 
 The benchmark is buying and holding the traded instrument unless the caller passes other returns. Alpha
 and beta follow empyrical: beta = cov / var (population), alpha = (1 + mean(r - beta * b))^P - 1.
-Rolling statistics use a window of round(P / 4) bars (a quarter), at least 2.
+Rolling statistics use windows of round(P / 4) bars (a quarter, at least 2) ending every
+max(1, window // 20) bars and on the last bar.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _rolling_sharpe(c: MetricContext) -> np.ndarray:
     unit="fraction",
 )
 def benchmark_return(c: MetricContext) -> float:
-    return float(np.prod(1.0 + c.benchmark_returns) - 1.0)
+    return float(np.exp(np.sum(c.benchmark_log_returns)) - 1.0)
 
 
 @metric("excess_return", "advanced", "Total return minus the benchmark's total return.", unit="fraction")
@@ -69,16 +70,15 @@ def correlation(c: MetricContext) -> float:
     unit="fraction",
 )
 def tracking_error(c: MetricContext) -> float:
-    return float(np.std(c.returns - c.benchmark_returns, ddof=1) * np.sqrt(c.periods_per_year))
+    return c.active_mean_std[1] * float(np.sqrt(c.periods_per_year))
 
 
 @metric(
     "information_ratio", "advanced", "Mean active return over its standard deviation (ddof=1), times sqrt(P)."
 )
 def information_ratio(c: MetricContext) -> float:
-    active = c.returns - c.benchmark_returns
-    std = float(np.std(active, ddof=1))
-    return float(np.mean(active) / std * np.sqrt(c.periods_per_year)) if std > 0 else float("nan")
+    mean, std = c.active_mean_std
+    return mean / std * float(np.sqrt(c.periods_per_year)) if std > 0 else float("nan")
 
 
 @metric("treynor_ratio", "advanced", "(CAGR - risk-free rate) divided by beta.")
@@ -166,7 +166,9 @@ def probabilistic_sharpe_ratio(c: MetricContext) -> float:
 
 
 @metric(
-    "rolling_sharpe_mean", "advanced", "Mean of the quarterly rolling Sharpe ratio (window round(P / 4))."
+    "rolling_sharpe_mean",
+    "advanced",
+    "Mean of the quarterly rolling Sharpe ratio (window round(P / 4) bars, see conventions).",
 )
 def rolling_sharpe_mean(c: MetricContext) -> float:
     values = _rolling_sharpe(c)

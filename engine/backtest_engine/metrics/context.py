@@ -147,30 +147,28 @@ class MetricContext:
 
     @cached_property
     def rolling_mean_std(self) -> tuple[FloatArray, FloatArray]:
-        """Rolling mean and standard deviation (ddof=1) of returns over round(P / 4) bars (at least 2)."""
+        """Mean and standard deviation (ddof=1) of returns over rolling windows of round(P / 4) bars.
+
+        Windows end every max(1, window // 20) bars (and on the last bar): consecutive windows overlap by
+        95% or more, so the sampled statistics describe the rolling series while costing only the two
+        cumulative sums, not a dozen passes over every bar.
+        """
         window = max(2, round(self.periods_per_year / 4))
         values = self.returns
         if values.size < window:
             return np.zeros(0), np.zeros(0)
         centre = float(values.mean())
         centred = values - centre
-        s1 = np.cumsum(centred)
+        s1 = np.concatenate(([0.0], np.cumsum(centred)))
         np.multiply(centred, centred, out=centred)
-        s2 = np.cumsum(centred)
-        count = values.size - window + 1
-        total1, total2 = np.empty(count), np.empty(count)
-        total1[0], total2[0] = s1[window - 1], s2[window - 1]
-        np.subtract(s1[window:], s1[:-window], out=total1[1:])
-        np.subtract(s2[window:], s2[:-window], out=total2[1:])
-        total1 /= window  # now the centred rolling mean
-        np.multiply(total1, total1, out=s1[:count])
-        s1[:count] *= window
-        total2 -= s1[:count]
-        np.maximum(total2, 0.0, out=total2)
-        total2 /= window - 1
-        np.sqrt(total2, out=total2)
-        total1 += centre
-        return total1, total2
+        s2 = np.concatenate(([0.0], np.cumsum(centred)))
+        ends = np.arange(window, values.size + 1, max(1, window // 20))
+        if ends[-1] != values.size:
+            ends = np.append(ends, values.size)
+        total1, total2 = s1[ends] - s1[ends - window], s2[ends] - s2[ends - window]
+        mean = total1 / window
+        variance = np.maximum(total2 - total1 * mean, 0.0) / (window - 1)
+        return mean + centre, np.sqrt(variance)
 
     @cached_property
     def rolling_sharpe(self) -> FloatArray:
@@ -189,6 +187,15 @@ class MetricContext:
     @cached_property
     def benchmark_log_returns(self) -> FloatArray:
         return np.log1p(self.benchmark_returns)
+
+    @cached_property
+    def active_mean_std(self) -> tuple[float, float]:
+        """Mean and standard deviation (ddof=1) of active returns (run minus benchmark)."""
+        active = self.returns - self.benchmark_returns
+        mean = float(np.mean(active))
+        active -= mean
+        std = float(np.sqrt(dot(active, active) / (active.size - 1))) if active.size > 1 else 0.0
+        return mean, std
 
     @cached_property
     def alpha_beta(self) -> tuple[float, float]:
