@@ -128,7 +128,7 @@ def test_rolling_statistics_match_pandas_rolling_windows_when_sampled_at_the_sam
     window = 63  # round(252 / 4)
     rolling = pd.Series(returns).rolling(window)
     sharpe = (rolling.mean() / rolling.std() * np.sqrt(252)).to_numpy()
-    ends = list(range(window - 1, 2_000, window // 20)) + [1_999]  # window ends every 3 bars, plus the last
+    ends = [*range(window - 1, 2_000, window // 20), 1_999]  # window ends every 3 bars, plus the last
     sampled = sharpe[sorted(set(ends))]
     metrics = compute_metrics(
         context, ["rolling_sharpe_mean", "rolling_sharpe_min", "rolling_volatility_max"]
