@@ -10,6 +10,9 @@ just before the timed runs (data and imports already loaded). The two trade list
     python bench/engine_vs_backtestingpy.py [--bars 1000000] [--engine-repeats 5] [--reference-repeats 1]
 """
 
+# Each worker process imports only the library it measures, so imports live inside functions.
+# ruff: noqa: PLC0415
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +46,20 @@ def run_engine(frame: pd.DataFrame) -> dict[str, Any]:
     from backtest_engine import run_backtest
 
     result = run_backtest(
-        frame, "sma_crossover", {"fast": FAST, "slow": SLOW}, cash=CASH, commission=COMMISSION,
-        fraction=1 - sys.float_info.epsilon, lot_size=1,
+        frame,
+        "sma_crossover",
+        {"fast": FAST, "slow": SLOW},
+        cash=CASH,
+        commission=COMMISSION,
+        fraction=1 - sys.float_info.epsilon,
+        lot_size=1,
     )
     closed = result.trades[result.trades["exit_reason"] != "end_of_data"]
-    return {"closed_trades": len(closed), "first_pnl": float(closed["pnl"].iloc[0]), "last_pnl": float(closed["pnl"].iloc[-1])}
+    return {
+        "closed_trades": len(closed),
+        "first_pnl": float(closed["pnl"].iloc[0]),
+        "last_pnl": float(closed["pnl"].iloc[-1]),
+    }
 
 
 def run_backtesting_py(frame: pd.DataFrame) -> dict[str, Any]:
@@ -71,10 +83,18 @@ def run_backtesting_py(frame: pd.DataFrame) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         stats = Backtest(
-            frame.rename(columns=str.capitalize), SmaCross, cash=CASH, commission=COMMISSION, exclusive_orders=True
+            frame.rename(columns=str.capitalize),
+            SmaCross,
+            cash=CASH,
+            commission=COMMISSION,
+            exclusive_orders=True,
         ).run()
     trades = stats._trades
-    return {"closed_trades": len(trades), "first_pnl": float(trades["PnL"].iloc[0]), "last_pnl": float(trades["PnL"].iloc[-1])}
+    return {
+        "closed_trades": len(trades),
+        "first_pnl": float(trades["PnL"].iloc[0]),
+        "last_pnl": float(trades["PnL"].iloc[-1]),
+    }
 
 
 def worker(side: str, bars: int, repeats: int) -> None:
@@ -91,14 +111,26 @@ def worker(side: str, bars: int, repeats: int) -> None:
         started = time.perf_counter()
         summary = run(frame)
         seconds.append(time.perf_counter() - started)
-    print(json.dumps({"side": side, "bars": bars, "seconds": seconds, "peak_rss_mb": rss_mb(),
-                      "run_rss_mb": rss_mb() - baseline, **summary}))
+    print(
+        json.dumps(
+            {
+                "side": side,
+                "bars": bars,
+                "seconds": seconds,
+                "peak_rss_mb": rss_mb(),
+                "run_rss_mb": rss_mb() - baseline,
+                **summary,
+            }
+        )
+    )
 
 
 def spawn(side: str, bars: int, repeats: int) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, __file__, "--worker", side, "--bars", str(bars), "--repeats", str(repeats)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -122,11 +154,16 @@ def main() -> None:
         and abs(engine["last_pnl"] - reference["last_pnl"]) < 1e-6
     )
     engine_s, reference_s = statistics.median(engine["seconds"]), statistics.median(reference["seconds"])
-    print(f"single SMA({FAST}/{SLOW}) crossover backtest, {args.bars:,} minute bars, commission {COMMISSION:.1%}")
+    print(
+        f"single SMA({FAST}/{SLOW}) crossover backtest, {args.bars:,} minute bars, "
+        f"commission {COMMISSION:.2%}, cash {CASH:,.0f}"
+    )
     print(f"{'':<16}{'median s':>10}{'runs':>6}{'run RSS MB':>12}{'peak RSS MB':>13}{'closed trades':>15}")
     for name, r, s in (("backtest_engine", engine, engine_s), ("backtesting.py", reference, reference_s)):
-        print(f"{name:<16}{s:>10.3f}{len(r['seconds']):>6}{r['run_rss_mb']:>12.0f}{r['peak_rss_mb']:>13.0f}"
-              f"{r['closed_trades']:>15,}")
+        print(
+            f"{name:<16}{s:>10.3f}{len(r['seconds']):>6}{r['run_rss_mb']:>12.0f}{r['peak_rss_mb']:>13.0f}"
+            f"{r['closed_trades']:>15,}"
+        )
     print(f"speed ratio (backtesting.py / engine): {reference_s / engine_s:.1f}x")
     print(f"identical closed trades (count, first and last pnl): {'yes' if same else 'NO'}")
 

@@ -11,6 +11,9 @@ workers included) minus its RSS just before the timed run.
     python bench/sweep_vs_vectorbt.py [--bars 100000] [--repeats 3]
 """
 
+# Each worker process imports only the library it measures, so imports live inside functions.
+# ruff: noqa: PLC0415
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +52,13 @@ def sweep_engine(frame: pd.DataFrame, workers: int) -> pd.DataFrame:
     from backtest_engine import optimize
 
     result = optimize(
-        frame, "sma_crossover", {"fast": FAST, "slow": SLOW}, metric="sharpe_ratio", commission=COMMISSION,
-        workers=workers, periods_per_year=252 * 390,
+        frame,
+        "sma_crossover",
+        {"fast": FAST, "slow": SLOW},
+        metric="sharpe_ratio",
+        commission=COMMISSION,
+        workers=workers,
+        periods_per_year=252 * 390,
     )
     table = result.results
     return pd.DataFrame(
@@ -102,16 +110,41 @@ def worker(side: str, bars: int, repeats: int, workers: int) -> None:
         table = run(frame, workers)
         seconds.append(time.perf_counter() - started)
     peak = max(rss_mb(), rss_mb(resource.RUSAGE_CHILDREN))
-    returns = {f"{f}/{s}": float(r) for f, s, r in table[["fast", "slow", "total_return"]].itertuples(index=False)}
-    print(json.dumps({"side": side, "workers": workers, "seconds": seconds, "peak_rss_mb": peak,
-                      "run_rss_mb": peak - baseline, "combinations": len(table), "returns": returns}))
+    returns = {
+        f"{f}/{s}": float(r) for f, s, r in table[["fast", "slow", "total_return"]].itertuples(index=False)
+    }
+    print(
+        json.dumps(
+            {
+                "side": side,
+                "workers": workers,
+                "seconds": seconds,
+                "peak_rss_mb": peak,
+                "run_rss_mb": peak - baseline,
+                "combinations": len(table),
+                "returns": returns,
+            }
+        )
+    )
 
 
 def spawn(side: str, bars: int, repeats: int, workers: int) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", side, "--bars", str(bars), "--repeats", str(repeats),
-         "--workers", str(workers)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            side,
+            "--bars",
+            str(bars),
+            "--repeats",
+            str(repeats),
+            "--workers",
+            str(workers),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -130,21 +163,30 @@ def main() -> None:
     vectorbt = spawn("vectorbt", args.bars, args.repeats, 1)
     engines = [spawn("engine", args.bars, args.repeats, w) for w in sorted({1, cores})]
     vbt_s = statistics.median(vectorbt["seconds"])
-    print(f"SMA crossover sweep: {len(pairs())} (fast, slow) pairs x {args.bars:,} minute bars "
-          f"= {len(pairs()) * args.bars / 1e6:.1f}M bar-evaluations, commission {COMMISSION:.1%}")
+    print(
+        f"SMA crossover sweep: {len(pairs())} (fast, slow) pairs x {args.bars:,} minute bars "
+        f"= {len(pairs()) * args.bars / 1e6:.1f}M bar-evaluations, commission {COMMISSION:.1%}"
+    )
     print(f"{'':<26}{'median s':>10}{'runs':>6}{'run RSS MB':>12}{'peak RSS MB':>13}{'speed-up':>10}")
-    print(f"{'vectorbt (1 process)':<26}{vbt_s:>10.3f}{len(vectorbt['seconds']):>6}{vectorbt['run_rss_mb']:>12.0f}"
-          f"{vectorbt['peak_rss_mb']:>13.0f}{1.0:>9.1f}x")
+    print(
+        f"{'vectorbt (1 process)':<26}{vbt_s:>10.3f}{len(vectorbt['seconds']):>6}"
+        f"{vectorbt['run_rss_mb']:>12.0f}"
+        f"{vectorbt['peak_rss_mb']:>13.0f}{1.0:>9.1f}x"
+    )
     for engine in engines:
         seconds = statistics.median(engine["seconds"])
         label = f"backtest_engine ({engine['workers']} proc)"
-        print(f"{label:<26}{seconds:>10.3f}{len(engine['seconds']):>6}{engine['run_rss_mb']:>12.0f}"
-              f"{engine['peak_rss_mb']:>13.0f}{vbt_s / seconds:>9.1f}x")
+        print(
+            f"{label:<26}{seconds:>10.3f}{len(engine['seconds']):>6}{engine['run_rss_mb']:>12.0f}"
+            f"{engine['peak_rss_mb']:>13.0f}{vbt_s / seconds:>9.1f}x"
+        )
     common = sorted(set(vectorbt["returns"]) & set(engines[0]["returns"]))
     gaps = [abs(vectorbt["returns"][k] - engines[0]["returns"][k]) for k in common]
-    print(f"total return, engine vs vectorbt, over {len(common)} pairs: median |difference| "
-          f"{statistics.median(gaps):.2e}, max {max(gaps):.2e} (vectorbt leaves the last position open "
-          "and does not pay its exit fee; the engine closes it on the last bar)")
+    print(
+        f"total return, engine vs vectorbt, over {len(common)} pairs: median |difference| "
+        f"{statistics.median(gaps):.2e}, max {max(gaps):.2e} (vectorbt leaves the last position open "
+        "and does not pay its exit fee; the engine closes it on the last bar)"
+    )
 
 
 if __name__ == "__main__":
