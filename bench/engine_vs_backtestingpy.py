@@ -1,11 +1,15 @@
 """Single backtest of an SMA crossover: this engine versus backtesting.py 0.6, same data, same rules.
 
 Both sides run in their own fresh process (so peak memory is theirs alone) on the same deterministic
-synthetic minute bars: fast/slow SMA 10/50, long and short, market orders at the next open, commission 0.1%
-per side, all equity in whole units. The engine's run is the full `run_backtest` call: validation,
-signals, execution, the trade list, the equity curve and all 100 metrics. backtesting.py's run is
-`Backtest.run()`, which also computes its statistics. Peak memory is the worker's peak RSS minus its RSS
-just before the timed runs (data and imports already loaded). The two trade lists are cross-checked.
+synthetic minute bars: SMA 10/50 crossover, long and short, market orders at the next open, commission
+0.02% per side, all equity in whole units, cash 1e9. With 0.1% and 10,000 cash the ~27,000 trades of a
+million minute bars bleed the account until it cannot afford one unit (after ~2,500 trades) and both
+engines then stop trading, a cheaper and less informative benchmark.
+
+The engine's run is the full `run_backtest` call: validation, signals, execution, the trade list, the
+equity curve and all 100 metrics. backtesting.py's run is `Backtest.run()`, which also computes its
+statistics. Peak memory is the worker's peak RSS minus its RSS just before the timed runs (data and
+imports already loaded). The two trade lists are cross-checked.
 
     python bench/engine_vs_backtestingpy.py [--bars 1000000] [--engine-repeats 5] [--reference-repeats 1]
 """

@@ -177,21 +177,23 @@ def _size_trades(
     # Whole lots make each trade's size depend on the equity the previous trades left: a loop over trades
     # (not bars), on plain floats. The per-unit result of every trade does not depend on its size.
     lot = float(config.lot_size)
-    per_unit = (direction * (exit_price - entry_price) - c * (entry_price + exit_price)).tolist()
+    change_per_unit = direction * (exit_price - entry_price) - c * (entry_price + exit_price)
     units: list[float] = []
-    available: list[float] = []
+    keep = units.append
     equity = config.cash
-    for cost, change in zip(cost_per_unit.tolist(), per_unit, strict=True):
-        available.append(equity)
+    for cost, change in zip(cost_per_unit.tolist(), change_per_unit.tolist(), strict=True):
         if equity <= 0.0:  # ruined: nothing left to trade with
             u = 0.0
         elif lot == 1.0:  # floor division, as whole-unit brokers (and backtesting.py) size "all equity"
             u = (equity * f) // cost
         else:
             u = math.floor((equity * f) / cost / lot) * lot
-        units.append(u)
+        keep(u)
         equity += u * change
-    return np.asarray(units, dtype=np.float64), np.asarray(available, dtype=np.float64)
+    sized = np.asarray(units, dtype=np.float64)
+    # The same additions in the same order as the loop, so the equities are bit-identical to it.
+    available = np.cumsum(np.concatenate(([config.cash], sized * change_per_unit)))[:-1]
+    return sized, available
 
 
 def simulate(
