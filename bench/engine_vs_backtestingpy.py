@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -102,25 +103,25 @@ def run_backtesting_py(frame: pd.DataFrame) -> dict[str, Any]:
 
 
 def worker(side: str, bars: int, repeats: int) -> None:
-    import os
-
     os.environ.setdefault("TQDM_DISABLE", "1")
     frame = bench_data(bars)
     run = run_engine if side == "engine" else run_backtesting_py
     run(frame.iloc[:2_000])  # load lazily imported modules outside the timing
     baseline = rss_mb()
-    seconds = []
+    seconds, cpu_seconds = [], []
     summary: dict[str, Any] = {}
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         summary = run(frame)
         seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
     print(
         json.dumps(
             {
                 "side": side,
                 "bars": bars,
                 "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
                 "peak_rss_mb": rss_mb(),
                 "run_rss_mb": rss_mb() - baseline,
                 **summary,
@@ -150,6 +151,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.bars, args.repeats)
         return
+    load_before = os.getloadavg()[0]
     engine = spawn("engine", args.bars, args.engine_repeats)
     reference = spawn("backtesting", args.bars, args.reference_repeats)
     same = (
@@ -168,7 +170,18 @@ def main() -> None:
             f"{name:<16}{s:>10.3f}{len(r['seconds']):>6}{r['run_rss_mb']:>12.0f}{r['peak_rss_mb']:>13.0f}"
             f"{r['closed_trades']:>15,}"
         )
-    print(f"speed ratio (backtesting.py / engine): {reference_s / engine_s:.1f}x")
+    engine_cpu, reference_cpu = (
+        statistics.median(engine["cpu_seconds"]),
+        statistics.median(reference["cpu_seconds"]),
+    )
+    print(f"speed ratio (backtesting.py / engine), wall clock: {reference_s / engine_s:.1f}x")
+    print(
+        f"speed ratio (backtesting.py / engine), CPU time: {reference_cpu / engine_cpu:.1f}x "
+        f"(engine {engine_cpu:.3f} s, backtesting.py {reference_cpu:.3f} s; both single-threaded, so CPU "
+        "time is the fairer measure on a shared machine)"
+    )
+    load_after, cores = os.getloadavg()[0], os.cpu_count()
+    print(f"1-minute load average before / after: {load_before:.1f} / {load_after:.1f} on {cores} cores")
     print(f"identical closed trades (count, first and last pnl): {'yes' if same else 'NO'}")
 
 

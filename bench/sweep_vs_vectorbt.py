@@ -160,6 +160,7 @@ def main() -> None:
         worker(args.worker, args.bars, args.repeats, args.workers)
         return
     cores = os.cpu_count() or 1
+    load_before = os.getloadavg()[0]
     vectorbt = spawn("vectorbt", args.bars, args.repeats, 1)
     engines = [spawn("engine", args.bars, args.repeats, w) for w in sorted({1, cores})]
     vbt_s = statistics.median(vectorbt["seconds"])
@@ -180,6 +181,9 @@ def main() -> None:
             f"{label:<26}{seconds:>10.3f}{len(engine['seconds']):>6}{engine['run_rss_mb']:>12.0f}"
             f"{engine['peak_rss_mb']:>13.0f}{vbt_s / seconds:>9.1f}x"
         )
+    print(
+        f"1-minute load average before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {cores} cores"
+    )
     common = sorted(set(vectorbt["returns"]) & set(engines[0]["returns"]))
     gaps = [abs(vectorbt["returns"][k] - engines[0]["returns"][k]) for k in common]
     print(
