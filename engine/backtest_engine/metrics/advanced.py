@@ -60,7 +60,9 @@ def beta(c: MetricContext) -> float:
 
 @metric("correlation", "advanced", "Pearson correlation of per-bar returns with the benchmark's.")
 def correlation(c: MetricContext) -> float:
-    return pearson(c.returns, c.benchmark_returns)
+    own_variance = c.moments[1] ** 2 * (c.returns.size - 1) / c.returns.size  # population variance
+    denominator = float(np.sqrt(own_variance * c.benchmark_variance))
+    return c.covariance_with_benchmark / denominator if denominator > 0 else float("nan")
 
 
 @metric(
@@ -133,12 +135,13 @@ def omega_ratio(c: MetricContext) -> float:
     "R-squared of a linear fit of cumulative log returns against time (1 = perfectly steady growth).",
 )
 def stability(c: MetricContext) -> float:
-    y = np.log(c.equity / c.initial_cash)  # = cumulative sum of log(1 + r), without 2n transcendental calls
+    y = np.cumsum(c.log_returns)
     n = y.size
-    t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
-    y_centred = y - y.mean()
-    sty, syy = float(dot(t, y_centred)), float(dot(y_centred, y_centred))
-    stt = n * (n * n - 1) / 12.0  # sum of squared centred time indices
+    mean_y = float(np.mean(y))
+    y -= mean_y  # centring y is enough: the time axis is centred analytically below
+    sty = dot(np.arange(n, dtype=np.float64), y)  # = sum((t - mean t) * (y - mean y)) since sum(y) = 0
+    syy = dot(y, y)
+    stt = n * (n * n - 1) / 12.0  # sum of squared centred time indices 0..n-1
     return sty * sty / (stt * syy) if syy > 0 else float("nan")
 
 

@@ -68,6 +68,8 @@ class MetricContext:
 
     @cached_property
     def excess_returns(self) -> FloatArray:
+        if self.risk_free_per_period == 0.0:
+            return self.returns  # the common case: no copy
         return self.returns - self.risk_free_per_period
 
     @cached_property
@@ -159,13 +161,15 @@ class MetricContext:
             return np.zeros(0), np.zeros(0)
         centre = float(values.mean())
         centred = values - centre
-        s1 = np.concatenate(([0.0], np.cumsum(centred)))
+        s1 = np.cumsum(centred)
         np.multiply(centred, centred, out=centred)
-        s2 = np.concatenate(([0.0], np.cumsum(centred)))
-        ends = np.arange(window, values.size + 1, max(1, window // 20))
-        if ends[-1] != values.size:
-            ends = np.append(ends, values.size)
-        total1, total2 = s1[ends] - s1[ends - window], s2[ends] - s2[ends - window]
+        s2 = np.cumsum(centred)
+        last = np.arange(window - 1, values.size, max(1, window // 20))  # last bar of each window
+        if last[-1] != values.size - 1:
+            last = np.append(last, values.size - 1)
+        before = last - window  # bar just before each window; -1 for the first window of the data
+        total1 = s1[last] - np.where(before >= 0, s1[before], 0.0)
+        total2 = s2[last] - np.where(before >= 0, s2[before], 0.0)
         mean = total1 / window
         variance = np.maximum(total2 - total1 * mean, 0.0) / (window - 1)
         return mean + centre, np.sqrt(variance)
@@ -200,15 +204,33 @@ class MetricContext:
     @cached_property
     def alpha_beta(self) -> tuple[float, float]:
         """CAPM alpha (annualized, empyrical's convention) and beta of excess returns on the benchmark's."""
-        r = self.excess_returns
-        b = self.benchmark_returns - self.risk_free_per_period
-        b_centred = b - b.mean()
-        variance = float(dot(b_centred, b_centred)) / b.size
+        # Subtracting the risk-free rate shifts both series by a constant: beta is unchanged.
+        variance, covariance = self.benchmark_variance, self.covariance_with_benchmark
         if variance <= 0:
             return float("nan"), float("nan")
-        beta = float(dot(r - r.mean(), b_centred)) / b.size / variance
-        alpha = float((np.mean(r) - beta * np.mean(b) + 1.0) ** self.periods_per_year - 1.0)
+        beta = covariance / variance
+        rf = self.risk_free_per_period
+        excess_mean = self.moments[0] - rf - beta * (float(self.benchmark_centred_mean[1]) - rf)
+        alpha = float((excess_mean + 1.0) ** self.periods_per_year - 1.0)
         return alpha, beta
+
+    @cached_property
+    def benchmark_centred_mean(self) -> tuple[FloatArray, float]:
+        """Benchmark returns minus their mean, and that mean."""
+        mean = float(np.mean(self.benchmark_returns))
+        return self.benchmark_returns - mean, mean
+
+    @cached_property
+    def benchmark_variance(self) -> float:
+        """Population variance of the benchmark returns."""
+        centred, _ = self.benchmark_centred_mean
+        return dot(centred, centred) / centred.size
+
+    @cached_property
+    def covariance_with_benchmark(self) -> float:
+        """Population covariance of returns with benchmark returns (one centred side suffices)."""
+        centred, _ = self.benchmark_centred_mean
+        return dot(self.returns, centred) / centred.size
 
     @cached_property
     def years(self) -> float:
