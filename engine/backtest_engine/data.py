@@ -67,11 +67,13 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
             array = series.to_numpy(dtype=np.float64, copy=not normal)
         else:
             array = np.asarray(pd.to_numeric(series, errors="coerce"), dtype=np.float64)
-        bad = ~np.isfinite(array)
-        if bad.any():
-            row = _first_bad_row(bad)
-            raise InvalidData(f"{column} is missing or not a finite number {index[row]}", row=row)
         values[column] = array
+    if not np.isfinite(sum(values.values())).all():  # NaN and infinity propagate through the sum
+        for column, array in values.items():
+            bad = ~np.isfinite(array)
+            if bad.any():
+                row = _first_bad_row(bad)
+                raise InvalidData(f"{column} is missing or not a finite number {index[row]}", row=row)
     out = frame if normal else pd.DataFrame(values, index=index)
     out.index.name = "time"
     steps = np.diff(index.asi8)

@@ -131,6 +131,15 @@ def hold_from_events(events: FloatArray) -> FloatArray:
     return events[index]
 
 
+def hold_sparse_events(bars: npt.NDArray[np.int64], values: FloatArray, size: int) -> FloatArray:
+    """Like `hold_from_events`, for events given as sorted bar positions and values: one pass to expand."""
+    out = np.zeros(size)
+    if bars.size:
+        lengths = np.diff(np.append(bars, size))
+        out[bars[0] :] = np.repeat(values, lengths)
+    return out
+
+
 @dataclass
 class Bars:
     """OHLCV arrays of one data set plus a memo of indicators computed on them."""

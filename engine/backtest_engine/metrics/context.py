@@ -211,6 +211,8 @@ class MetricContext:
         beta = covariance / variance
         rf = self.risk_free_per_period
         excess_mean = self.moments[0] - rf - beta * (float(self.benchmark_centred_mean[1]) - rf)
+        if excess_mean <= -1.0:  # a mean loss of 100% per bar or worse: no real annualized value
+            return float("nan"), beta
         alpha = float((excess_mean + 1.0) ** self.periods_per_year - 1.0)
         return alpha, beta
 
