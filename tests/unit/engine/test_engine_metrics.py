@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -137,3 +138,12 @@ def test_rolling_statistics_match_pandas_rolling_windows_when_sampled_at_the_sam
     assert metrics["rolling_sharpe_min"] == pytest.approx(sampled.min(), rel=1e-9)
     volatility = (rolling.std() * np.sqrt(252)).to_numpy()[sorted(set(ends))]
     assert metrics["rolling_volatility_max"] == pytest.approx(volatility.max(), rel=1e-9)
+
+
+@pytest.mark.parametrize("strategy", ["pivot_bos", "bollinger_reversion", "buy_and_hold"])
+def test_result_serializes_to_strict_json_when_converted_with_to_dict(daily_bars, strategy):
+    result = run_backtest(daily_bars, strategy, {}, commission=0.001, stop_loss=0.05)
+    payload = json.loads(json.dumps(result.to_dict(include_equity=True), allow_nan=False))
+    assert len(payload["equity"]) == len(daily_bars)
+    assert payload["metrics"]["final_equity"] == pytest.approx(payload["equity"][-1]["equity"])
+    assert len(payload["trades"]) == payload["metrics"]["num_trades"]
