@@ -9,6 +9,7 @@ process, which is how sweeps stay fast without compiling anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import lfilter
 
 FloatArray = npt.NDArray[np.float64]
-IntArrayLike = npt.NDArray[np.int64]
+IntArray = npt.NDArray[np.int64]
 
 
 def sma(values: FloatArray, period: int) -> FloatArray:
@@ -114,13 +115,6 @@ def true_range(high: FloatArray, low: FloatArray, close: FloatArray) -> FloatArr
     return np.maximum(high, prev) - np.minimum(low, prev)
 
 
-def crosses_above(a: FloatArray, b: FloatArray) -> npt.NDArray[np.bool_]:
-    """True at t when a[t-1] < b[t-1] and a[t] > b[t] (strict, like backtesting.py's `crossover`)."""
-    out = np.zeros(a.size, dtype=bool)
-    out[1:] = (a[:-1] < b[:-1]) & (a[1:] > b[1:])
-    return out
-
-
 def hold_from_events(events: FloatArray) -> FloatArray:
     """Forward-fill a sparse event array (NaN = no event) into a position target; flat before the first."""
     if np.isnan(events[0]):
@@ -131,7 +125,7 @@ def hold_from_events(events: FloatArray) -> FloatArray:
     return events[index]
 
 
-def hold_sparse_events(bars: npt.NDArray[np.int64], values: FloatArray, size: int) -> FloatArray:
+def hold_sparse_events(bars: IntArray, values: FloatArray, size: int) -> FloatArray:
     """Like `hold_from_events`, for events given as sorted bar positions and values: one pass to expand."""
     out = np.zeros(size)
     if bars.size:
@@ -155,7 +149,7 @@ class Bars:
     def size(self) -> int:
         return int(self.close.size)
 
-    def _cached(self, key: tuple[Any, ...], compute: Any) -> FloatArray:
+    def _cached(self, key: tuple[Any, ...], compute: Callable[[], FloatArray]) -> FloatArray:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
