@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import lfilter
 
@@ -42,11 +43,13 @@ def sma(values: FloatArray, period: int) -> FloatArray:
 
 
 def rolling_std(values: FloatArray, period: int) -> FloatArray:
-    """Population standard deviation over the last `period` values (Bollinger's convention)."""
-    mean = sma(values, period)
-    mean_sq = sma((values - values[0]) ** 2, period)
-    var = mean_sq - (mean - values[0]) ** 2
-    return np.asarray(np.sqrt(np.maximum(var, 0.0)), dtype=np.float64)
+    """Population standard deviation over the last `period` values (Bollinger's convention).
+
+    pandas' rolling kernel updates the variance online, which stays accurate where the cumulative-sum
+    shortcut (E[x^2] - E[x]^2) loses digits: small windows on large price levels.
+    """
+    out = pd.Series(values).rolling(period).std(ddof=0).to_numpy(dtype=np.float64)
+    return np.asarray(np.maximum(out, 0.0), dtype=np.float64)
 
 
 def ewm(values: FloatArray, alpha: float, warmup: int) -> FloatArray:
