@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status bench-router
+.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status bench-router bench-engine engine-docs
 
 setup: $(STAMP)
 
@@ -62,3 +62,13 @@ bench-router: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## Engine benchmarks against backtesting.py (single run) and vectorbt (sweep); not part of `make test`.
+bench-engine: setup
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/engine_vs_backtestingpy.py | tee bench/results/engine_vs_backtestingpy.txt
+	$(BIN)/python bench/sweep_vs_vectorbt.py | tee bench/results/sweep_vs_vectorbt.txt
+
+## Regenerate docs/metrics.md from the metric registry (a test fails when it is stale).
+engine-docs: setup
+	$(BIN)/python -m backtest_engine.metrics.reference > docs/metrics.md

@@ -139,7 +139,11 @@ class _Job:
     periods_per_year: float
     risk_free_rate: float
     metrics: tuple[str, ...]
-    extra: dict[str, Any] = field(default_factory=dict)
+    benchmark_returns: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        close = self.bars.close  # buy and hold, computed once for every parameter set
+        self.benchmark_returns = np.concatenate(([0.0], close[1:] / close[:-1] - 1.0))
 
 
 _WORKER_JOB: _Job | None = None
@@ -162,6 +166,7 @@ def _evaluate(job: _Job, params: dict[str, Any]) -> dict[str, float]:
         job.periods_per_year,
         risk_free_rate=job.risk_free_rate,
         structure=signals.structure,
+        benchmark_returns=job.benchmark_returns,
     )
     return compute_metrics(context, job.metrics)
 
