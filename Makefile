@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint crds clean bench-router
+.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status \
+	bench-router
 
 setup: $(STAMP)
 
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 ## The whole suite: unit, property, integration and end-to-end tests.
-test: setup
+test: setup deps-system cluster-build
 	$(BIN)/python -m pytest
 
 ## Fast tests only: no control plane, no Prometheus.
@@ -31,6 +32,27 @@ lint: setup
 ## Regenerate crds/ from the pydantic models (a test fails when it is stale).
 crds: setup
 	$(BIN)/python -m backtest_operator.crd > crds/backtest.dev_backtestservices.yaml
+
+## System packages the tests need (Prometheus from Debian); skipped when already installed.
+deps-system:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing the Debian package prometheus"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok once (cached by version).
+cluster-build: setup
+	$(BIN)/python -m backtest_devtools.cluster build
+
+## Start the local control plane in .cluster/ (idempotent); the last line is `export KUBECONFIG=...`.
+cluster-up: setup
+	@$(BIN)/python -m backtest_devtools.cluster up --state-dir $(CURDIR)/.cluster
+
+cluster-down: setup
+	@$(BIN)/python -m backtest_devtools.cluster down --state-dir $(CURDIR)/.cluster
+
+## Which components run, and their resident memory.
+cluster-status: setup
+	@$(BIN)/python -m backtest_devtools.cluster status --state-dir $(CURDIR)/.cluster
 
 ## Router overhead vs direct calls at a fixed rate, max throughput, weight flips under load.
 bench-router: setup

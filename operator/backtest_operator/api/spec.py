@@ -1,0 +1,257 @@
+"""The desired state of a BacktestService, as platform engineers write it.
+
+These models are the single source of truth for the CRD schema (see ``crd.py``): field docstrings become
+schema descriptions, ``Field`` bounds become OpenAPI bounds and the ``x-kubernetes-validations`` below
+become CEL rules, so the API server refuses bad objects with the same rules the operator assumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from backtest_operator.api.base import ApiModel
+from backtest_operator.api.durations import Duration
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+PhaseName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", max_length=63)]
+KubeObject = dict[str, Any]
+"""A Kubernetes object the API server already knows how to validate (resources, affinity, ...)."""
+
+
+class SecretKeyRef(ApiModel):
+    name: str = Field(min_length=1)
+    """Name of a Secret in the BacktestService's namespace."""
+    key: str = Field(min_length=1)
+    """Key within the Secret."""
+
+
+class FaultInjection(ApiModel):
+    """Deliberate faults for rollout rehearsals; off unless set."""
+
+    error_rate: Rate = 0.0
+    """Fraction of API requests the engine answers with HTTP 500."""
+    added_latency: Duration = timedelta(0)
+    """Latency added to every API request."""
+
+
+class EngineSettings(ApiModel):
+    """Settings handed to the engine pods as environment variables."""
+
+    workers: int = Field(default=2, ge=1, le=64)
+    """Worker processes for backtests and optimizations per pod."""
+    cache_size: int = Field(default=1000, ge=0)
+    """Results kept in the in-memory cache of each pod."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level of the engine."""
+    database_url_secret: SecretKeyRef | None = None
+    """Secret key holding a SQLAlchemy URL (PostgreSQL); SQLite on an emptyDir when omitted."""
+    fault_injection: FaultInjection = Field(default_factory=FaultInjection)
+    """Faults to inject, for rehearsing rollbacks."""
+
+
+class PodSettings(ApiModel):
+    """Everything that defines the engine pods; a change to any of it starts a rollout."""
+
+    image: str = Field(min_length=1)
+    """Container image of the backtest engine. A change starts a rollout."""
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    """Engine settings handed to the pods."""
+    env: list[KubeObject] = Field(default_factory=list)
+    """Extra environment variables (Kubernetes EnvVar objects)."""
+    resources: KubeObject = Field(default_factory=dict)
+    """Container resources (Kubernetes ResourceRequirements); sensible requests apply when empty."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the engine pods must be scheduled on."""
+    tolerations: list[KubeObject] = Field(default_factory=list)
+    """Kubernetes Toleration objects for the engine pods."""
+    affinity: KubeObject = Field(default_factory=dict)
+    """Kubernetes Affinity for the engine pods."""
+    image_pull_secrets: list[KubeObject] = Field(default_factory=list)
+    """References to Secrets for pulling the image (LocalObjectReference objects)."""
+    service_account_name: str | None = None
+    """ServiceAccount the engine pods run as."""
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    """Extra labels on the engine pods."""
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    """Extra annotations on the engine pods."""
+
+
+def revision_of(pod: PodSettings) -> str:
+    """A short, stable hash of the pod-defining settings: equal settings always give the same revision.
+
+    Defaults are left out of the hash, so a field added with a default in a later release (or a default
+    the API server filled in) never changes an existing object's revision and never starts a rollout.
+    """
+    settings = pod.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_defaults=True)
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:10]
+
+
+class PrometheusSettings(ApiModel):
+    url: str = Field(default="http://prometheus.monitoring:9090", pattern=r"^https?://.+")
+    """Base URL of the Prometheus server that scrapes the router."""
+    timeout: Duration = timedelta(seconds=5)
+    """Timeout of each query; a timeout counts as an analysis error."""
+
+
+class ComparisonSettings(ApiModel):
+    """Statistical comparison of canary against stable, on top of the absolute thresholds."""
+
+    enabled: bool = True
+    """Fail a phase when the canary is significantly worse than stable."""
+    alpha: Rate = 0.05
+    """Significance level of the one-sided tests (binomial-exact for errors, Mann-Whitney U for latency)."""
+    error_rate_margin: Rate = 0.005
+    """Canary error rate may exceed stable's by this much before the difference matters."""
+    latency_margin: Duration = timedelta(milliseconds=100)
+    """Canary p95 latency may exceed stable's by this much before the difference matters."""
+    min_latency_samples: int = Field(default=5, ge=3)
+    """Fewest p95 samples per track for the latency test; fewer makes it inconclusive."""
+
+
+class QueryOverrides(ApiModel):
+    """PromQL templates replacing the defaults of METRICS.md; {selector} and {window} are filled in."""
+
+    requests: str | None = None
+    errors: str | None = None
+    fallbacks: str | None = None
+    fast: str | None = None
+    """Requests answered within the latency objective ({objective} is filled in)."""
+    latency_p95: str | None = None
+    """p95 latency in seconds of one track ({track} is filled in)."""
+
+
+class AnalysisSettings(ApiModel):
+    prometheus: PrometheusSettings = Field(default_factory=PrometheusSettings)
+    """Where the metrics live."""
+    interval: Duration = timedelta(seconds=30)
+    """How often the rollout is evaluated."""
+    min_requests: int = Field(default=50, ge=1)
+    """Fewer canary requests in a phase makes its verdict inconclusive, never a pass."""
+    latency_objective: Duration = timedelta(seconds=2)
+    """A canary request slower than this is not a success."""
+    comparison: ComparisonSettings = Field(default_factory=ComparisonSettings)
+    """Canary against stable comparison."""
+    queries: QueryOverrides = Field(default_factory=QueryOverrides)
+    """Optional PromQL overrides."""
+    selector: dict[str, str] = Field(default_factory=dict)
+    """Labels selecting this service's router series; default namespace=<namespace>, service=<name>."""
+
+
+class Phase(ApiModel):
+    name: PhaseName
+    """Name shown in status and events (canary, testing, ...)."""
+    weight: int = Field(ge=1, le=100)
+    """Percentage of traffic sent to the new version during this phase."""
+    duration: Duration
+    """Minimum time in this phase before it can advance."""
+    min_success_rate: Rate = 0.95
+    """Lowest acceptable share of canary requests answered without error within the latency objective."""
+    max_error_rate: Rate = 0.02
+    """The phase fails when the canary's error rate reaches this value."""
+
+
+def default_phases() -> list[Phase]:
+    """The product's default rollout: canary 1%, testing 10%, validation 50%, full 100%."""
+    return [
+        Phase(name="canary", weight=1, duration=timedelta(minutes=10), min_success_rate=0.95, max_error_rate=0.02),
+        Phase(name="testing", weight=10, duration=timedelta(minutes=30), min_success_rate=0.95, max_error_rate=0.03),
+        Phase(name="validation", weight=50, duration=timedelta(hours=1), min_success_rate=0.97, max_error_rate=0.02),
+        Phase(name="full", weight=100, duration=timedelta(minutes=15), min_success_rate=0.98, max_error_rate=0.01),
+    ]
+
+
+class RollbackSettings(ApiModel):
+    """Triggers that roll back at once, in any phase."""
+
+    max_error_rate: Rate = 0.10
+    """Canary error rate over the last interval above which the rollout rolls back at once."""
+    max_fallback_rate: Rate = 0.25
+    """Share of canary requests re-served by stable above which the rollout rolls back at once."""
+    max_latency_increase: Duration = timedelta(seconds=2)
+    """Canary p95 minus stable p95 above which the rollout rolls back at once."""
+    on_unhealthy: bool = True
+    """Roll back when canary pods are not ready or restarting."""
+    max_analysis_errors: int = Field(default=3, ge=1)
+    """Consecutive failed evaluations (Prometheus unreachable, bad query) before rolling back."""
+    min_requests: int = Field(default=10, ge=1)
+    """Fewest canary requests in an interval for the error and fallback triggers to act."""
+    progress_deadline: Duration = timedelta(minutes=10)
+    """Roll back when the canary pods are not ready this long after the rollout starts."""
+    bake_window: Duration = timedelta(minutes=10)
+    """After promotion the previous version stays ready this long; a trigger within it rolls back at once."""
+
+
+class TrafficSettings(ApiModel):
+    provider: Literal["router", "gatewayAPI", "replicas"] = "router"
+    """How weights are realised: the bundled router, Gateway API HTTPRoute weights, or replica ratio."""
+    http_route: str | None = None
+    """Name of the HTTPRoute to manage (gatewayAPI provider); defaults to the BacktestService's name."""
+    router_replicas: int = Field(default=1, ge=1, le=20)
+    """Replicas of the bundled router."""
+    router_image: str | None = None
+    """Image of the bundled router; the operator's default router image when omitted."""
+    parent_refs: list[KubeObject] = Field(default_factory=list)
+    """Gateway API parentRefs of the HTTPRoute the operator manages (gatewayAPI provider)."""
+
+
+PHASE_RULES: list[dict[str, str]] = [
+    {
+        "rule": "self.map(p, p.weight).isSorted() && self.all(p, self.exists_one(q, q.weight == p.weight))",
+        "message": "phase weights must be strictly increasing",
+    },
+    {"rule": "self[size(self) - 1].weight == 100", "message": "the last phase must have weight 100"},
+    {
+        "rule": "self.all(p, self.exists_one(q, q.name == p.name))",
+        "message": "phase names must be unique",
+    },
+]
+
+
+class BacktestServiceSpec(PodSettings):
+    """Desired state: the engine to run, how to shift traffic to a new version, and how to judge it."""
+
+    replicas: int = Field(default=2, ge=0, le=1000)
+    """Engine pods per track. Changing only this does not start a rollout."""
+    traffic: TrafficSettings = Field(default_factory=TrafficSettings)
+    """Traffic shifting."""
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
+    """How each phase is judged."""
+    phases: list[Phase] = Field(
+        default_factory=default_phases,
+        min_length=1,
+        max_length=10,
+        json_schema_extra={"x-kubernetes-validations": PHASE_RULES},  # type: ignore[dict-item]
+    )
+    """Phases the new version walks through, in order; the last one must send 100% of traffic."""
+    rollback: RollbackSettings = Field(default_factory=RollbackSettings)
+    """Immediate rollback triggers."""
+    paused: bool = False
+    """Hold the rollout where it is; rollback triggers still act."""
+
+    @model_validator(mode="after")
+    def _phases_are_consistent(self) -> BacktestServiceSpec:
+        """The same rules the CRD enforces with CEL, for manifests read outside the API server."""
+        weights = [p.weight for p in self.phases]
+        if any(b <= a for a, b in itertools.pairwise(weights)):
+            raise ValueError("phases: phase weights must be strictly increasing")
+        if weights[-1] != 100:
+            raise ValueError("phases: the last phase must have weight 100")
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError("phases: phase names must be unique")
+        return self
+
+    def pod(self) -> PodSettings:
+        """The pod-defining part of the spec: what a revision is made of."""
+        fields = set(PodSettings.model_fields)
+        return PodSettings.model_validate({name: getattr(self, name) for name in fields})
+
+    def revision(self) -> str:
+        return revision_of(self.pod())

@@ -1,0 +1,457 @@
+"""The rollout state machine: ``decide(spec, status, observation, now) -> Decision``, without any I/O.
+
+Everything the operator does to a rollout is a decision made here: start, wait for the canary, advance a
+phase, hold, pause and resume, promote (by analysis or by request), bake, roll back (by trigger, by a
+failed phase, by repeated analysis errors, or by request), retry, and restart when the spec changes again.
+The returned status is complete, so the caller only has to persist it; the workloads follow from it.
+
+Rules that hold for every decision (and are property-tested):
+* the canary weight is 0 or the weight of the current phase; it moves only along ``spec.phases``;
+* a failing rollback trigger wins over everything else, pause and manual promotion included;
+* missing data, too few requests and analysis errors never advance a phase or promote;
+* the same inputs always give the same decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from backtest_operator.analysis import (
+    Observation,
+    bake_checks,
+    first_failure,
+    overall,
+    phase_checks,
+    trigger_checks,
+)
+from backtest_operator.api import (
+    HISTORY_LIMIT,
+    AnalysisRecord,
+    BacktestServiceSpec,
+    BacktestServiceStatus,
+    CheckResult,
+    HistoryEntry,
+    Outcome,
+    Phase,
+    RolloutPhase,
+    Verdict,
+    format_duration,
+)
+from backtest_operator.conditions import derive_conditions
+from backtest_operator.controls import NO_CONTROLS, Controls
+
+
+class Action(StrEnum):
+    INITIALIZE = "initialize"
+    READY = "ready"
+    HOLD = "hold"
+    START = "start"
+    BEGIN = "begin"
+    """The canary is ready; traffic starts flowing to it."""
+    ADVANCE = "advance"
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    COMPLETE = "complete"
+    """The bake window ended; the previous revision can go."""
+    ROLLBACK = "rollback"
+    REVERT = "revert"
+    CLEAR = "clear"
+    """The spec went back to stable while degraded."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post: Normal or Warning, a CamelCase reason, a sentence."""
+
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    status: BacktestServiceStatus
+    reason: str
+    events: tuple[Event, ...] = ()
+    failing_check: str | None = None
+    checks: tuple[CheckResult, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class _Context:
+    spec: BacktestServiceSpec
+    obs: Observation
+    now: datetime
+    generation: int
+    revision: str
+    pending: frozenset[str]
+
+
+def decide(
+    spec: BacktestServiceSpec,
+    status: BacktestServiceStatus,
+    obs: Observation,
+    now: datetime,
+    *,
+    generation: int = 0,
+    controls: Controls = NO_CONTROLS,
+) -> Decision:
+    """The next state of a BacktestService and why."""
+    ctx = _Context(spec, obs, now, generation, spec.revision(), controls.pending(status.handled_controls))
+    status = status.evolve(handled_controls=controls.as_handled(), observed_generation=generation)
+    decision = _route(ctx, status)
+    ignored = [
+        Event("Normal", "RequestIgnored", f"{name.replace('_', '-')} request not acted on: {decision.reason}")
+        for name in sorted(ctx.pending - _CONSUMED.get(decision.action, frozenset()))
+    ]
+    final = decision.status.evolve(message=decision.reason)
+    final = final.evolve(conditions=derive_conditions(final, obs.stable_ready, generation, now))
+    return Decision(
+        decision.action,
+        final,
+        decision.reason,
+        (*decision.events, *ignored),
+        decision.failing_check,
+        decision.checks,
+    )
+
+
+_CONSUMED = {
+    Action.PROMOTE: frozenset({"promote", "promote_full"}),
+    Action.ADVANCE: frozenset({"promote"}),
+    Action.ROLLBACK: frozenset({"abort"}),
+    Action.START: frozenset({"retry"}),
+}
+
+
+def _route(ctx: _Context, status: BacktestServiceStatus) -> Decision:
+    if status.stable_revision is None or status.phase == RolloutPhase.INITIALIZING:
+        return _initializing(ctx, status)
+    if status.phase == RolloutPhase.HEALTHY:
+        if ctx.revision != status.stable_revision:
+            return _start(ctx, status, f"new revision {ctx.revision} (image {ctx.spec.image})")
+        return _hold(status, _serving(status.stable_revision))
+    if status.phase == RolloutPhase.DEGRADED:
+        return _degraded(ctx, status)
+    if status.phase == RolloutPhase.BAKING:
+        return _baking(ctx, status)
+    return _progressing(ctx, status)
+
+
+def _serving(revision: str | None) -> str:
+    return f"stable revision {revision} serves all traffic"
+
+
+def _hold(status: BacktestServiceStatus, reason: str, checks: list[CheckResult] | None = None) -> Decision:
+    return Decision(Action.HOLD, status, reason, checks=tuple(checks or ()))
+
+
+def _with_history(status: BacktestServiceStatus, entry: HistoryEntry) -> list[HistoryEntry]:
+    return [entry, *status.history][:HISTORY_LIMIT]
+
+
+def _initializing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
+    """The first revision goes straight to stable: with nothing to compare against there is no canary."""
+    if status.stable_revision != ctx.revision:
+        status = status.evolve(
+            phase=RolloutPhase.INITIALIZING,
+            stable_revision=ctx.revision,
+            stable_pod=ctx.spec.pod(),
+            canary_weight=0,
+        )
+        reason = f"deploying first revision {ctx.revision} (image {ctx.spec.image}) as stable"
+        return Decision(Action.INITIALIZE, status, reason, (Event("Normal", "Initializing", reason),))
+    if ctx.obs.stable_ready:
+        reason = _serving(ctx.revision)
+        status = status.evolve(phase=RolloutPhase.HEALTHY)
+        return Decision(Action.READY, status, reason, (Event("Normal", "Ready", reason),))
+    return _hold(status, f"waiting for the pods of first revision {ctx.revision} to become ready")
+
+
+def _start(ctx: _Context, status: BacktestServiceStatus, why: str) -> Decision:
+    first = ctx.spec.phases[0]
+    status = status.evolve(
+        phase=RolloutPhase.PROGRESSING,
+        step=0,
+        step_name=first.name,
+        canary_weight=0,
+        canary_revision=ctx.revision,
+        rollout_started_at=ctx.now,
+        phase_started_at=None,
+        paused_at=None,
+        analysis_errors=0,
+        last_analysis=None,
+    )
+    reason = f"rollout started: {why}; waiting for canary pods before sending {first.weight}% of traffic"
+    return Decision(Action.START, status, reason, (Event("Normal", "RolloutStarted", reason),))
+
+
+def _finish_rollout(
+    ctx: _Context, status: BacktestServiceStatus, outcome: Outcome, reason: str, check: str | None = None
+) -> HistoryEntry:
+    return HistoryEntry(
+        revision=status.canary_revision or ctx.revision,
+        image=ctx.spec.image if status.canary_revision == ctx.revision else "",
+        outcome=outcome,
+        phase=status.step_name,
+        check=check,
+        reason=reason,
+        started_at=status.rollout_started_at or ctx.now,
+        finished_at=ctx.now,
+    )
+
+
+def _rollback(
+    ctx: _Context,
+    status: BacktestServiceStatus,
+    reason: str,
+    check: str | None,
+    outcome: Outcome = Outcome.ROLLED_BACK,
+    checks: list[CheckResult] | None = None,
+) -> Decision:
+    entry = _finish_rollout(ctx, status, outcome, reason, check)
+    status = status.evolve(
+        phase=RolloutPhase.DEGRADED,
+        canary_weight=0,
+        step=None,
+        paused_at=None,
+        history=_with_history(status, entry),
+    )
+    event = Event("Warning", "Aborted" if outcome == Outcome.ABORTED else "RolledBack", reason)
+    return Decision(Action.ROLLBACK, status, reason, (event,), check, tuple(checks or ()))
+
+
+def _promote(ctx: _Context, status: BacktestServiceStatus, why: str) -> Decision:
+    bake = ctx.spec.rollback.bake_window
+    reason = f"promoted revision {status.canary_revision}: {why}"
+    entry = _finish_rollout(ctx, status, Outcome.PROMOTED, reason)
+    status = status.evolve(
+        phase=RolloutPhase.BAKING if bake.total_seconds() > 0 else RolloutPhase.HEALTHY,
+        stable_revision=status.canary_revision,
+        stable_pod=ctx.spec.pod(),
+        previous_revision=status.stable_revision,
+        previous_pod=status.stable_pod,
+        canary_revision=None,
+        canary_weight=0,
+        step=None,
+        step_name=None,
+        phase_started_at=None,
+        paused_at=None,
+        bake_until=ctx.now + bake,
+        history=_with_history(status, entry),
+    )
+    if status.phase == RolloutPhase.HEALTHY:
+        status = status.evolve(previous_revision=None, previous_pod=None, bake_until=None)
+    return Decision(Action.PROMOTE, status, reason, (Event("Normal", "Promoted", reason),))
+
+
+def _enter_step(ctx: _Context, status: BacktestServiceStatus, index: int, action: Action, why: str) -> Decision:
+    phase = ctx.spec.phases[index]
+    status = status.evolve(
+        step=index,
+        step_name=phase.name,
+        canary_weight=phase.weight,
+        phase_started_at=ctx.now,
+        phase=RolloutPhase.PROGRESSING,
+        paused_at=None,
+    )
+    reason = f"{why}; phase {phase.name}: {phase.weight}% of traffic for at least {format_duration(phase.duration)}"
+    return Decision(action, status, reason, (Event("Normal", "PhaseStarted", reason),))
+
+
+_ACT_WITHOUT_DATA = frozenset({"abort", "promote", "promote_full"})
+"""Requests a person makes on their own judgement: they act even while measurements fail."""
+
+
+def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
+    spec, obs, now = ctx.spec, ctx.obs, ctx.now
+    if ctx.revision == status.stable_revision:
+        reason = (
+            f"spec is back at stable revision {status.stable_revision}; rollout of {status.canary_revision} dropped"
+        )
+        entry = _finish_rollout(ctx, status, Outcome.REVERTED, reason)
+        status = status.evolve(
+            phase=RolloutPhase.HEALTHY,
+            canary_weight=0,
+            canary_revision=None,
+            step=None,
+            step_name=None,
+            phase_started_at=None,
+            paused_at=None,
+            history=_with_history(status, entry),
+        )
+        return Decision(Action.REVERT, status, reason, (Event("Normal", "Reverted", reason),))
+    if ctx.revision != status.canary_revision:
+        reason = f"revision {status.canary_revision} superseded by {ctx.revision}"
+        status = status.evolve(history=_with_history(status, _finish_rollout(ctx, status, Outcome.SUPERSEDED, reason)))
+        return _start(ctx, status, f"{reason}, restarting from the first phase")
+    if obs.error is not None:
+        failures = status.analysis_errors + 1
+        limit = spec.rollback.max_analysis_errors
+        if failures >= limit:
+            reason = f"rolled back in phase {status.step_name}: analysis failed {failures} times in a row ({obs.error})"
+            return _rollback(ctx, status.evolve(analysis_errors=failures), reason, "analysis")
+        status = status.evolve(analysis_errors=failures)
+        if not ctx.pending & _ACT_WITHOUT_DATA:
+            reason = f"analysis failed ({failures}/{limit}), holding phase {status.step_name}: {obs.error}"
+            return _hold(status, reason)
+    else:
+        status = status.evolve(analysis_errors=0)
+    if status.phase_started_at is None:
+        return _waiting_for_canary(ctx, status)
+    index = next((i for i, p in enumerate(spec.phases) if p.name == status.step_name), None)
+    if index is None:
+        return _start(ctx, status, f"phases were edited and phase {status.step_name} no longer exists")
+    phase = spec.phases[index]
+    triggers = trigger_checks(spec, phase, obs) if obs.error is None else []
+    tripped = first_failure(triggers)
+    if tripped is not None:
+        reason = f"rolled back in phase {phase.name}: {tripped.message}"
+        return _rollback(ctx, status, reason, tripped.name, checks=triggers)
+    if "abort" in ctx.pending:
+        return _rollback(ctx, status, f"aborted by request in phase {phase.name}", "abort", Outcome.ABORTED)
+    checks = phase_checks(spec, phase, obs)
+    record = AnalysisRecord(
+        time=now,
+        phase=phase.name,
+        verdict=overall(checks + triggers),
+        window_seconds=obs.phase_window.total_seconds(),
+        canary=obs.canary_phase,
+        stable=obs.stable_phase,
+        checks=[*triggers, *checks],
+    )
+    status = status.evolve(step=index, canary_weight=phase.weight, last_analysis=record)
+    return _judge(ctx, status, index, phase, checks)
+
+
+def _waiting_for_canary(ctx: _Context, status: BacktestServiceStatus) -> Decision:
+    if "abort" in ctx.pending:
+        return _rollback(ctx, status, "aborted by request before the canary took traffic", "abort", Outcome.ABORTED)
+    if ctx.obs.canary_ready:
+        return _enter_step(ctx, status, 0, Action.BEGIN, f"canary revision {status.canary_revision} is ready")
+    started = status.rollout_started_at or ctx.now
+    deadline = ctx.spec.rollback.progress_deadline
+    if ctx.now - started >= deadline:
+        reason = f"rolled back: canary pods not ready {format_duration(deadline)} after the rollout started"
+        return _rollback(ctx, status, reason, "progress_deadline")
+    return _hold(status, f"waiting for canary pods of revision {status.canary_revision} to become ready")
+
+
+def _judge(
+    ctx: _Context, status: BacktestServiceStatus, index: int, phase: Phase, checks: list[CheckResult]
+) -> Decision:
+    spec, now = ctx.spec, ctx.now
+    last = index == len(spec.phases) - 1
+    if "promote_full" in ctx.pending:
+        return _promote(ctx, status, "full promotion requested")
+    if "promote" in ctx.pending:
+        if last:
+            return _promote(ctx, status, f"promotion requested in the last phase {phase.name}")
+        return _enter_step(ctx, status, index + 1, Action.ADVANCE, f"phase {phase.name} skipped by request")
+    if spec.paused:
+        if status.phase == RolloutPhase.PAUSED:
+            return _hold(status, f"paused in phase {phase.name} at {phase.weight}%", checks)
+        status = status.evolve(phase=RolloutPhase.PAUSED, paused_at=now)
+        reason = f"paused in phase {phase.name} at {phase.weight}%; rollback triggers still act"
+        return Decision(Action.PAUSE, status, reason, (Event("Normal", "Paused", reason),), checks=tuple(checks))
+    if status.phase == RolloutPhase.PAUSED:
+        held = now - (status.paused_at or now)
+        started = (status.phase_started_at or now) + held
+        status = status.evolve(phase=RolloutPhase.PROGRESSING, paused_at=None, phase_started_at=started)
+        reason = f"resumed phase {phase.name} after {format_duration(held)} paused (its clock was stopped)"
+        return Decision(Action.RESUME, status, reason, (Event("Normal", "Resumed", reason),), checks=tuple(checks))
+    elapsed = now - (status.phase_started_at or now)
+    if elapsed < phase.duration:
+        summary = "; ".join(c.message for c in checks if c.verdict != Verdict.SKIPPED)
+        reason = (
+            f"phase {phase.name} ({phase.weight}%): {format_duration(elapsed)} of "
+            f"{format_duration(phase.duration)}; {summary}"
+        )
+        return _hold(status, reason, checks)
+    verdict = overall(checks)
+    if verdict == Verdict.FAIL:
+        failed = first_failure(checks)
+        assert failed is not None
+        return _rollback(
+            ctx, status, f"rolled back in phase {phase.name}: {failed.message}", failed.name, checks=checks
+        )
+    if verdict != Verdict.PASS:
+        unknown = "; ".join(c.message for c in checks if c.verdict in (Verdict.INCONCLUSIVE, Verdict.ERROR))
+        reason = f"phase {phase.name} has run {format_duration(elapsed)} but is inconclusive: {unknown}; holding"
+        return _hold(status, reason, checks)
+    if last:
+        return _promote(ctx, status, f"every phase passed, last {phase.name} after {format_duration(elapsed)}")
+    return _enter_step(
+        ctx, status, index + 1, Action.ADVANCE, f"phase {phase.name} passed after {format_duration(elapsed)}"
+    )
+
+
+def _degraded(ctx: _Context, status: BacktestServiceStatus) -> Decision:
+    if ctx.revision == status.stable_revision:
+        status = status.evolve(phase=RolloutPhase.HEALTHY, canary_revision=None, step_name=None)
+        reason = f"spec is back at stable revision {ctx.revision}; no longer degraded"
+        return Decision(Action.CLEAR, status, reason, (Event("Normal", "Recovered", reason),))
+    if ctx.revision != status.canary_revision:
+        return _start(ctx, status, f"new revision {ctx.revision} (image {ctx.spec.image})")
+    if "retry" in ctx.pending:
+        return _start(ctx, status, f"retry of revision {ctx.revision} requested")
+    return _hold(status, status.message)
+
+
+def _baking(ctx: _Context, status: BacktestServiceStatus) -> Decision:
+    """After promotion: the previous revision stays ready so that a late failure rolls back at once."""
+    checks = bake_checks(ctx.spec, ctx.obs) if ctx.obs.error is None else []
+    tripped = first_failure(checks)
+    if tripped is not None or "abort" in ctx.pending:
+        why = f"rolled back after promotion: {tripped.message}" if tripped else "aborted by request during bake"
+        outcome = Outcome.ROLLED_BACK if tripped else Outcome.ABORTED
+        entry = HistoryEntry(
+            revision=status.stable_revision or "",
+            image=ctx.spec.image,
+            outcome=outcome,
+            phase="bake",
+            check=tripped.name if tripped else "abort",
+            reason=why,
+            started_at=status.rollout_started_at or ctx.now,
+            finished_at=ctx.now,
+        )
+        status = status.evolve(
+            phase=RolloutPhase.DEGRADED,
+            canary_revision=status.stable_revision,
+            stable_revision=status.previous_revision,
+            stable_pod=status.previous_pod,
+            previous_revision=None,
+            previous_pod=None,
+            bake_until=None,
+            canary_weight=0,
+            step_name="bake",
+            history=_with_history(status, entry),
+        )
+        event = Event("Warning", "RolledBack" if tripped else "Aborted", why)
+        return Decision(Action.ROLLBACK, status, why, (event,), entry.check, tuple(checks))
+    if ctx.revision != status.stable_revision:
+        ended = status.evolve(previous_revision=None, previous_pod=None, bake_until=None)
+        if ctx.revision == status.previous_revision:
+            reason = f"spec is back at previous revision {ctx.revision}; it serves again"
+            ended = ended.evolve(
+                phase=RolloutPhase.HEALTHY,
+                stable_revision=status.previous_revision,
+                stable_pod=status.previous_pod,
+            )
+            return Decision(Action.REVERT, ended, reason, (Event("Normal", "Reverted", reason),))
+        return _start(ctx, ended, f"new revision {ctx.revision} during the bake window of {status.stable_revision}")
+    if ctx.obs.error is not None:
+        return _hold(
+            status.evolve(analysis_errors=status.analysis_errors + 1),
+            f"baking revision {status.stable_revision}; analysis failed: {ctx.obs.error}",
+        )
+    status = status.evolve(analysis_errors=0)
+    if status.bake_until is not None and ctx.now >= status.bake_until:
+        reason = f"bake window over; revision {status.stable_revision} is stable, previous revision released"
+        status = status.evolve(phase=RolloutPhase.HEALTHY, previous_revision=None, previous_pod=None, bake_until=None)
+        return Decision(Action.COMPLETE, status, reason, (Event("Normal", "BakeComplete", reason),))
+    return _hold(status, f"baking revision {status.stable_revision} until {status.bake_until}", checks)

@@ -1,0 +1,81 @@
+"""PromQL for the checks, as METRICS.md defines them; label values are always quoted and escaped.
+
+Templates take ``{selector}`` (label matchers of one BacktestService's router, without braces),
+``{window}`` (a PromQL range such as ``30s``), ``{track}`` and ``{objective}`` (the ``le`` bucket of the
+latency objective). The spec may override each template (``spec.analysis.queries``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from backtest_operator.api import AnalysisSettings
+
+DEFAULT_TEMPLATES = {
+    "requests": 'sum(increase(backtest_router_requests_total{{{selector}track="{track}"}}[{window}]))',
+    "errors": (
+        'sum(increase(backtest_router_requests_total{{{selector}track="{track}",code=~"5..|transport"}}[{window}]))'
+    ),
+    "fallbacks": "sum(increase(backtest_router_fallbacks_total{{{selector_only}}}[{window}]))",
+    "fast": (
+        "sum(increase(backtest_router_request_duration_seconds_bucket"
+        '{{{selector}track="{track}",le=~"{objective}"}}[{window}]))'
+    ),
+    "latency_p95": (
+        "histogram_quantile(0.95, sum by (le) (rate(backtest_router_request_duration_seconds_bucket"
+        '{{{selector}track="{track}"}}[{window}])))'
+    ),
+}
+
+
+def quote_label_value(value: str) -> str:
+    """A PromQL double-quoted string literal: backslash, quote and newline escaped."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def selector(labels: Mapping[str, str]) -> str:
+    """Label matchers joined by commas, e.g. ``namespace="prod",service="quant-router"``."""
+    return ",".join(f"{name}={quote_label_value(value)}" for name, value in sorted(labels.items()))
+
+
+def promql_range(window: timedelta) -> str:
+    """A PromQL range literal; whole seconds, at least 1s."""
+    return f"{max(1, round(window.total_seconds()))}s"
+
+
+def bucket_matcher(objective: timedelta) -> str:
+    """Regex for the ``le`` label of the objective's bucket, whichever way the client printed the float."""
+    seconds = objective.total_seconds()
+    text = f"{seconds:g}"
+    forms = {text, f"{seconds:.1f}"} if float(text).is_integer() else {text}
+    return "|".join(sorted(form.replace(".", "\\\\.") for form in forms))
+
+
+@dataclass(frozen=True)
+class QuerySet:
+    """The five queries of one evaluation window for one track."""
+
+    requests: str
+    errors: str
+    fallbacks: str
+    fast: str
+    latency_p95: str
+
+
+def build_queries(analysis: AnalysisSettings, labels: Mapping[str, str], track: str, window: timedelta) -> QuerySet:
+    templates = dict(DEFAULT_TEMPLATES)
+    for name, template in analysis.queries.model_dump().items():
+        if template:
+            templates[name] = template
+    matchers = selector(labels)
+    values = {
+        "selector": f"{matchers}," if matchers else "",
+        "selector_only": matchers,
+        "track": track.replace('"', ""),
+        "window": promql_range(window),
+        "objective": bucket_matcher(analysis.latency_objective),
+    }
+    return QuerySet(**{name: template.format(**values) for name, template in templates.items()})

@@ -1,0 +1,190 @@
+"""One evaluation of one BacktestService: read, measure, decide, persist, apply. Level-based and idempotent.
+
+The order matters for restarts: status (the only state) is persisted before the workloads are applied
+from it, so an operator killed between the two re-applies the same desired state on its next pass, and
+never repeats a decision (a promotion is recorded before it is carried out).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from backtest_operator import metrics
+from backtest_operator.analysis import Observation
+from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus, RolloutPhase
+from backtest_operator.controls import Controls
+from backtest_operator.desired import desired_manifests
+from backtest_operator.errors import InvalidSpec
+from backtest_operator.kube import Cluster, RevisionHealth, merge_patch
+from backtest_operator.policy import Action, Decision, Event, decide
+from backtest_operator.prometheus import PrometheusClient, measure, with_pod_health
+from backtest_operator.workloads import LABEL_COMPONENT, Manifest, Owner, WorkloadDefaults
+
+POLL_WHILE_WAITING = timedelta(seconds=5)
+"""How often to look at pods that are becoming ready (nothing wakes the worker when they do)."""
+RESYNC = timedelta(minutes=1)
+"""How often an idle object is re-checked (drift of owned objects, pods turning unhealthy)."""
+REAPPLY = timedelta(minutes=5)
+
+EventPoster = Callable[[dict[str, Any], Event], None]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Pass:
+    """What one reconcile pass did, for the caller's logging and scheduling."""
+
+    decision: Decision
+    wrote_status: bool
+    applied: bool
+    next_in: timedelta
+
+
+@dataclass
+class Reconciler:
+    cluster: Cluster
+    defaults: WorkloadDefaults
+    post_event: EventPoster
+    clock: Callable[[], datetime] = utcnow
+    _prometheus: dict[str, PrometheusClient] = field(default_factory=dict)
+    _applied: dict[tuple[str, str], tuple[str, float]] = field(default_factory=dict)
+
+    def prometheus_for(self, spec: BacktestServiceSpec) -> PrometheusClient:
+        """One pooled client per Prometheus URL, shared by every object that uses it."""
+        settings = spec.analysis.prometheus
+        key = f"{settings.url}|{settings.timeout.total_seconds()}"
+        if key not in self._prometheus:
+            self._prometheus[key] = PrometheusClient(settings.url, settings.timeout)
+        return self._prometheus[key]
+
+    async def close(self) -> None:
+        for client in self._prometheus.values():
+            await client.aclose()
+
+    async def reconcile(self, owner: Owner, log: logging.Logger | logging.LoggerAdapter[Any]) -> Pass | None:
+        started = time.perf_counter()
+        body = await self.cluster.get(owner)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        spec, status = _parse(body)
+        now = self.clock()
+        health = await self.cluster.engine_health(owner, now)
+        obs = await self._observe(owner, spec, status, health, now)
+        decision = decide(
+            spec, status, obs, now,
+            generation=int(body["metadata"].get("generation", 0)),
+            controls=Controls.from_annotations(body["metadata"].get("annotations")),
+        )  # fmt: skip
+        wrote = await self._persist(owner, body.get("status") or {}, decision.status)
+        for event in decision.events:
+            self.post_event(body, event)
+        applied = await self._apply(owner, spec, decision.status, now)
+        self._record(owner, decision)
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+        if decision.action != Action.HOLD or wrote:
+            log.info(
+                "decision action=%s phase=%s step=%s weight=%s reason=%r",
+                decision.action.value, decision.status.phase.value, decision.status.step_name,
+                decision.status.canary_weight, decision.reason,
+            )  # fmt: skip
+        return Pass(decision, wrote, applied, next_pass(spec, decision.status))
+
+    async def _observe(
+        self, owner: Owner, spec: BacktestServiceSpec, status: BacktestServiceStatus,
+        health: dict[str, RevisionHealth], now: datetime,
+    ) -> Observation:  # fmt: skip
+        canary = health.get(status.canary_revision or "")
+        stable = health.get(status.stable_revision or "")
+        if needs_metrics(status):
+            labels = spec.analysis.selector or {"namespace": owner.namespace, "service": owner.name}
+            obs = await measure(self.prometheus_for(spec), spec, status, labels, now)
+        else:
+            obs = Observation(time=now)
+        return with_pod_health(
+            obs,
+            canary_ready=bool(canary and canary.desired > 0 and canary.is_ready),
+            stable_ready=bool(stable and stable.is_ready),
+            canary_unhealthy=canary.unhealthy if canary else 0,
+            stable_unhealthy=stable.unhealthy if stable else 0,
+        )
+
+    async def _persist(self, owner: Owner, old: dict[str, Any], status: BacktestServiceStatus) -> bool:
+        """Write status only when it changed (no churn, no needless watch events)."""
+        new = status.to_wire()
+        if new == old:
+            return False
+        await self.cluster.patch_status(owner, merge_patch(old, new))
+        return True
+
+    async def _apply(
+        self, owner: Owner, spec: BacktestServiceSpec, status: BacktestServiceStatus, now: datetime
+    ) -> bool:
+        """Apply the desired objects when they changed, and every few minutes to undo drift."""
+        manifests = desired_manifests(owner, spec, status, self.defaults)
+        digest = hashlib.sha256(json.dumps(manifests, sort_keys=True).encode()).hexdigest()
+        key = (owner.namespace, owner.name)
+        last = self._applied.get(key)
+        if last is not None and last[0] == digest and now.timestamp() - last[1] < REAPPLY.total_seconds():
+            return False
+        await self.cluster.apply(manifests)
+        await self.cluster.prune_engine_deployments(owner, _engine_deployments(manifests))
+        self._applied[key] = (digest, now.timestamp())
+        return True
+
+    def _record(self, owner: Owner, decision: Decision) -> None:
+        metrics.record_status(owner.namespace, owner.name, decision.status)
+        metrics.record_checks(owner.namespace, owner.name, decision.checks)
+        if decision.action == Action.ROLLBACK:
+            metrics.ROLLBACKS.labels(decision.failing_check or "unknown").inc()
+        elif decision.action == Action.PROMOTE:
+            metrics.PROMOTIONS.inc()
+
+    def forget(self, owner: Owner) -> None:
+        self._applied.pop((owner.namespace, owner.name), None)
+        metrics.forget(owner.namespace, owner.name)
+
+
+def _parse(body: dict[str, Any]) -> tuple[BacktestServiceSpec, BacktestServiceStatus]:
+    try:
+        spec = BacktestServiceSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        raise InvalidSpec(f"spec: {exc}") from None
+    try:
+        status = BacktestServiceStatus.model_validate(body.get("status") or {})
+    except ValidationError as exc:
+        raise InvalidSpec(f"status cannot be read (edited by hand?): {exc}") from None
+    return spec, status
+
+
+def _engine_deployments(manifests: list[Manifest]) -> set[str]:
+    return {
+        m["metadata"]["name"]
+        for m in manifests
+        if m["kind"] == "Deployment" and m["metadata"]["labels"].get(LABEL_COMPONENT) == "engine"
+    }
+
+
+def needs_metrics(status: BacktestServiceStatus) -> bool:
+    """Prometheus is asked only while traffic reaches a new revision (or it bakes)."""
+    in_phase = status.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED) and status.phase_started_at
+    return bool(in_phase) or status.phase == RolloutPhase.BAKING
+
+
+def next_pass(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> timedelta:
+    if needs_metrics(status):
+        return spec.analysis.interval
+    if status.phase in (RolloutPhase.INITIALIZING, RolloutPhase.PROGRESSING, RolloutPhase.PAUSED):
+        return POLL_WHILE_WAITING
+    return RESYNC

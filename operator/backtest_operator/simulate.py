@@ -1,0 +1,187 @@
+"""Backtest a rollout policy: replay recorded metrics through ``policy.decide`` and report every decision.
+
+The replay treats the manifest's image as a new revision replacing a stable one, starts the rollout at the
+first timestamp with the canary ready, and evaluates the policy at the end of every sampling interval of
+the recording. The counts are taken as observed (they are not rescaled by the policy's weights). It ends
+at promotion, at rollback, or when the data ends ("in_progress").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from backtest_operator.analysis import Observation, error_rate, fallback_rate, success_rate
+from backtest_operator.api import (
+    BacktestService,
+    BacktestServiceSpec,
+    BacktestServiceStatus,
+    RolloutPhase,
+    TrackNumbers,
+)
+from backtest_operator.errors import InvalidSpec
+from backtest_operator.policy import Action, Decision, decide
+from backtest_operator.recordings import Interval
+
+RECORDED_STABLE = "recorded-stable"
+
+
+def load_manifest(path: Path) -> BacktestService:
+    """Read a BacktestService manifest; errors name the field (``spec.phases.1.weight: ...``)."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise InvalidSpec(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidSpec(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidSpec(f"{path}: expected a BacktestService manifest (a YAML mapping)")
+    try:
+        return BacktestService.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'manifest'}: {error['msg']}" for error in exc.errors()
+        )
+        raise InvalidSpec(f"{path}: {problems}") from None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    time: datetime
+    decision: Decision
+    canary: TrackNumbers
+    stable: TrackNumbers
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outcome: str
+    phase: str | None
+    time: datetime
+    reason: str
+
+
+def _sum(tracks: Sequence[TrackNumbers]) -> TrackNumbers:
+    """Counts add up; p95 over several intervals is approximated by their request-weighted mean."""
+    weighted = [(t.requests, t.latency_p95_seconds) for t in tracks if t.latency_p95_seconds is not None]
+    total_weight = sum(w for w, _ in weighted)
+    return TrackNumbers(
+        requests=sum(t.requests for t in tracks),
+        errors=sum(t.errors for t in tracks),
+        fallbacks=sum(t.fallbacks for t in tracks),
+        slow=sum(t.slow for t in tracks),
+        latency_p95_seconds=(sum(w * v for w, v in weighted) / total_weight) if total_weight else None,
+    )
+
+
+def _observe(intervals: Sequence[Interval], index: int, now: datetime, status: BacktestServiceStatus) -> Observation:
+    current = intervals[index]
+    since = status.phase_started_at or current.time
+    in_phase = [i for i in intervals[: index + 1] if i.time >= since]
+
+    def samples(track: str) -> tuple[float, ...]:
+        values = (i.track(track) for i in in_phase)
+        return tuple(v.latency_p95_seconds for v in values if v.requests > 0 and v.latency_p95_seconds is not None)
+
+    return Observation(
+        time=now,
+        canary_recent=current.track("canary"),
+        stable_recent=current.track("stable"),
+        canary_phase=_sum([i.track("canary") for i in in_phase]),
+        stable_phase=_sum([i.track("stable") for i in in_phase]),
+        recent_window=now - current.time,
+        phase_window=now - since,
+        canary_p95_samples=samples("canary"),
+        stable_p95_samples=samples("stable"),
+        canary_unhealthy_pods=current.unhealthy_pods,
+    )
+
+
+def _ends(intervals: Sequence[Interval], fallback: timedelta) -> list[datetime]:
+    """Each interval ends where the next one starts; the last lasts as long as the one before it."""
+    starts = [i.time for i in intervals]
+    last = (starts[-1] - starts[-2]) if len(starts) > 1 else fallback
+    return [*starts[1:], starts[-1] + last]
+
+
+def replay(spec: BacktestServiceSpec, intervals: Sequence[Interval]) -> Iterator[Evaluation | Outcome]:
+    """Yield every evaluation, then the outcome."""
+    status = BacktestServiceStatus(phase=RolloutPhase.HEALTHY, stable_revision=RECORDED_STABLE)
+    start = intervals[0].time
+    empty = TrackNumbers(latency_p95_seconds=None)
+    for _ in range(2):  # the rollout starts, then the (ready) canary takes its first weight
+        decision = decide(spec, status, Observation(time=start), start)
+        status = decision.status
+        yield Evaluation(start, decision, empty, empty)
+    for index, end in enumerate(_ends(intervals, spec.analysis.interval)):
+        obs = _observe(intervals, index, end, status)
+        decision = decide(spec, status, obs, end)
+        status = decision.status
+        yield Evaluation(end, decision, obs.canary_phase, obs.stable_phase)
+        if decision.action in (Action.PROMOTE, Action.ROLLBACK):
+            kind = "promoted" if decision.action == Action.PROMOTE else "rolled_back"
+            phase = status.history[0].phase if status.history else None
+            yield Outcome(kind, phase, end, decision.reason)
+            return
+    yield Outcome(
+        "in_progress", status.step_name, status.last_analysis.time if status.last_analysis else start, status.message
+    )
+
+
+def _rates(track: TrackNumbers) -> dict[str, Any]:
+    return {
+        "requests": track.requests,
+        "error_rate": error_rate(track),
+        "fallback_rate": fallback_rate(track),
+        "success_rate": success_rate(track),
+        "latency_p95_seconds": track.latency_p95_seconds,
+    }
+
+
+def as_json(item: Evaluation | Outcome) -> dict[str, Any]:
+    """The simulator's JSON line for one evaluation or for the outcome."""
+    if isinstance(item, Outcome):
+        return {"outcome": item.outcome, "phase": item.phase, "time": item.time.isoformat(), "reason": item.reason}
+    status = item.decision.status
+    analysis = status.last_analysis
+    return {
+        "time": item.time.isoformat(),
+        "phase": status.step_name,
+        "state": status.phase.value,
+        "weight": status.canary_weight,
+        "verdict": analysis.verdict.value if analysis and analysis.time == item.time else None,
+        "action": item.decision.action.value,
+        "reason": item.decision.reason,
+        "canary": _rates(item.canary),
+        "stable": _rates(item.stable),
+        "checks": [
+            {
+                "name": c.name,
+                "verdict": c.verdict.value,
+                "value": c.value,
+                "threshold": c.threshold,
+                "p_value": c.p_value,
+            }
+            for c in item.decision.checks
+        ],
+    }
+
+
+def as_table_row(item: Evaluation | Outcome) -> str:
+    """One line for people: time, phase, weight, verdict, action, reason."""
+    data = as_json(item)
+    if isinstance(item, Outcome):
+        return f"==> {data['outcome'].upper()} in phase {data['phase'] or '-'} at {data['time']}: {data['reason']}"
+    return (
+        f"{item.time:%Y-%m-%d %H:%M:%S}  {data['phase'] or '-':<11} {data['weight']:>3}%  "
+        f"{data['verdict'] or '-':<12} {data['action']:<9} {data['reason']}"
+    )
+
+
+TABLE_HEADER = f"{'time':<19}  {'phase':<11} {'weight':>4}  {'verdict':<12} {'action':<9} reason"

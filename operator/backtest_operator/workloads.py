@@ -1,0 +1,238 @@
+"""Pure builders of the objects a BacktestService owns, as a function of its spec and status.
+
+Engine Deployments are named by revision (``<name>-<revision>``) and the track Services select a revision
+by label, so promotion and rollback are a Service selector change: no pod restarts, and the previous
+revision stays ready through the bake window. Everything carries an owner reference to the
+BacktestService (garbage-collected with it) and is applied with server-side apply, so applying the same
+desired state twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from backtest_operator.api import (
+    API_VERSION,
+    KIND,
+    BacktestServiceSpec,
+    BacktestServiceStatus,
+    PodSettings,
+    RolloutPhase,
+)
+
+Manifest = dict[str, Any]
+
+LABEL_SERVICE = "backtest.dev/service"
+LABEL_TRACK = "backtest.dev/track"
+LABEL_REVISION = "backtest.dev/revision"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "backtest-operator"
+ENGINE_PORT = 8080
+NO_REVISION = "none"
+"""Selector value of a track Service while the track has no revision (selects no pod)."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The BacktestService being rendered."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class WorkloadDefaults:
+    """Operator-wide defaults (from the operator's settings)."""
+
+    router_image: str = "backtest-engine:0.1.0"
+    engine_port: int = ENGINE_PORT
+
+
+def owner_reference(owner: Owner) -> Manifest:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def object_metadata(owner: Owner, name: str, labels: dict[str, str]) -> Manifest:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": {LABEL_SERVICE: owner.name, LABEL_MANAGED_BY: MANAGER, **labels},
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def deployment_name(owner: Owner, revision: str) -> str:
+    return f"{owner.name}-{revision}"
+
+
+def track_service_name(owner: Owner, track: str) -> str:
+    return f"{owner.name}-{track}"
+
+
+def weight_configmap_name(owner: Owner) -> str:
+    return f"{owner.name}-weight"
+
+
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001}
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+
+
+def engine_env(pod: PodSettings, revision: str) -> list[Manifest]:
+    """Environment of an engine container: the engine settings, then the user's extra variables.
+
+    The track is deliberately absent: a revision changes track at promotion, and anything in the pod
+    template would restart every pod at that moment. In a cluster the track of engine series comes from
+    the Service a pod is scraped through.
+    """
+    engine = pod.engine
+    env: list[Manifest] = [
+        {"name": "ENGINE_VERSION", "value": revision},
+        {"name": "ENGINE_WORKERS", "value": str(engine.workers)},
+        {"name": "ENGINE_CACHE_SIZE", "value": str(engine.cache_size)},
+        {"name": "ENGINE_LOG_LEVEL", "value": engine.log_level},
+    ]
+    if engine.database_url_secret is not None:
+        ref = {"name": engine.database_url_secret.name, "key": engine.database_url_secret.key}
+        env.append({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": ref}})
+    else:
+        env.append({"name": "DATABASE_URL", "value": "sqlite:////data/results.db"})
+    faults = engine.fault_injection
+    if faults.error_rate > 0:
+        env.append({"name": "ENGINE_FAULT_ERROR_RATE", "value": f"{faults.error_rate:g}"})
+    if faults.added_latency.total_seconds() > 0:
+        env.append({"name": "ENGINE_FAULT_LATENCY_SECONDS", "value": f"{faults.added_latency.total_seconds():g}"})
+    return [*env, *pod.env]
+
+
+def engine_deployment(owner: Owner, pod: PodSettings, revision: str, track: str, replicas: int) -> Manifest:
+    labels = {LABEL_COMPONENT: "engine", LABEL_REVISION: revision}
+    pod_labels = {**pod.pod_labels, LABEL_SERVICE: owner.name, **labels}
+    deployment_labels = {**labels, LABEL_TRACK: track}
+    probe_port = "http"
+    template_spec: Manifest = {
+        "securityContext": RESTRICTED_POD,
+        "automountServiceAccountToken": False,
+        "containers": [
+            {
+                "name": "engine",
+                "image": pod.image,
+                "args": ["backtest-engine", "serve", "--host", "0.0.0.0", "--port", str(ENGINE_PORT)],
+                "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
+                "env": engine_env(pod, revision),
+                "resources": pod.resources or DEFAULT_RESOURCES,
+                "securityContext": RESTRICTED_CONTAINER,
+                "livenessProbe": {"httpGet": {"path": "/api/v1/health", "port": probe_port}, "periodSeconds": 10},
+                "readinessProbe": {"httpGet": {"path": "/api/v1/ready", "port": probe_port}, "periodSeconds": 5},
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
+            }
+        ],
+        "volumes": [{"name": "data", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+    }
+    optional = {
+        "nodeSelector": pod.node_selector,
+        "tolerations": pod.tolerations,
+        "affinity": pod.affinity,
+        "imagePullSecrets": pod.image_pull_secrets,
+        "serviceAccountName": pod.service_account_name,
+    }
+    template_spec.update({key: value for key, value in optional.items() if value})
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": object_metadata(owner, deployment_name(owner, revision), deployment_labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {LABEL_SERVICE: owner.name, LABEL_REVISION: revision}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": dict(pod.pod_annotations)},
+                "spec": template_spec,
+            },
+        },
+    }
+
+
+def track_service(owner: Owner, track: str, revision: str | None) -> Manifest:
+    """The Service of one track; it follows the track's revision by selector."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_metadata(owner, track_service_name(owner, track), {LABEL_TRACK: track}),
+        "spec": {
+            "selector": {LABEL_SERVICE: owner.name, LABEL_REVISION: revision or NO_REVISION},
+            "ports": [{"name": "http", "port": ENGINE_PORT, "targetPort": "http"}],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """Replicas of each engine Deployment, by revision."""
+
+    by_revision: dict[str, tuple[str, int]]
+    """revision -> (track it serves, replicas)."""
+
+
+def replica_plan(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> ReplicaPlan:
+    """How many pods each revision gets. With the router, the canary gets capacity for its weight (the
+    whole size at 100%, ready to become stable); with the replicas provider the ratio *is* the weight."""
+    plan: dict[str, tuple[str, int]] = {}
+    total = spec.replicas
+    weight = status.canary_weight
+    rolling = status.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED) and status.canary_revision
+    canary = 0
+    if rolling:
+        if spec.traffic.provider == "replicas":
+            canary = max(1, round(total * weight / 100)) if total else 0
+        else:
+            canary = max(1, math.ceil(total * weight / 100)) if total else 0
+    stable = total - canary if spec.traffic.provider == "replicas" and rolling else total
+    if status.stable_revision:
+        plan[status.stable_revision] = ("stable", stable)
+    if status.canary_revision and status.canary_revision != status.stable_revision:
+        plan[status.canary_revision] = ("canary", canary)
+    if status.phase == RolloutPhase.BAKING and status.previous_revision:
+        # Behind one shared Service (replicas provider) a ready previous revision would take traffic.
+        plan[status.previous_revision] = ("previous", 0 if spec.traffic.provider == "replicas" else total)
+    return ReplicaPlan(plan)
+
+
+def pod_of(revision: str, spec: BacktestServiceSpec, status: BacktestServiceStatus) -> PodSettings | None:
+    """The pod settings a revision was made from (spec for the newest, status for older ones)."""
+    if revision == spec.revision():
+        return spec.pod()
+    if revision == status.stable_revision:
+        return status.stable_pod
+    if revision == status.previous_revision:
+        return status.previous_pod
+    return None
+
+
+def engine_workloads(owner: Owner, spec: BacktestServiceSpec, status: BacktestServiceStatus) -> list[Manifest]:
+    """Engine Deployments and the two track Services."""
+    manifests: list[Manifest] = []
+    for revision, (track, replicas) in replica_plan(spec, status).by_revision.items():
+        pod = pod_of(revision, spec, status)
+        if pod is not None:
+            manifests.append(engine_deployment(owner, pod, revision, track, replicas))
+    canary_live = status.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
+    manifests.append(track_service(owner, "stable", status.stable_revision))
+    manifests.append(track_service(owner, "canary", status.canary_revision if canary_live else None))
+    return manifests

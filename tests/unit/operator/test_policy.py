@@ -1,0 +1,391 @@
+"""The rollout state machine, transition by transition."""
+
+from datetime import timedelta
+
+from backtest_operator.api import Outcome, RolloutPhase, Verdict
+from backtest_operator.controls import Controls
+from backtest_operator.policy import Action
+
+from .rollouts import Driver, healthy, make_spec, observe, pass_phase, started, track
+
+
+def test_first_revision_becomes_stable_without_canary_when_object_is_new():
+    driver = Driver(make_spec())
+    first = driver.step(stable_ready=False)
+    assert first.action == Action.INITIALIZE
+    assert first.status.stable_revision == driver.spec.revision()
+    assert first.status.canary_weight == 0
+    assert driver.step(stable_ready=False).action == Action.HOLD
+    ready = driver.step()
+    assert ready.action == Action.READY
+    assert ready.status.phase == RolloutPhase.HEALTHY
+    assert ready.status.condition("Ready").status == "True"
+
+
+def test_new_image_starts_rollout_at_weight_zero_until_canary_ready_when_healthy():
+    driver = healthy()
+    stable = driver.status.stable_revision
+    driver.change_spec(image="registry.example/backtest-engine:1.4.0")
+    start = driver.step(canary_ready=False)
+    assert start.action == Action.START
+    assert start.status.canary_weight == 0
+    assert start.status.canary_revision == driver.spec.revision() != stable
+    assert start.status.phase_started_at is None
+    assert driver.step(canary_ready=False).action == Action.HOLD
+    begin = driver.step()
+    assert begin.action == Action.BEGIN
+    assert (begin.status.step_name, begin.status.canary_weight) == ("canary", 1)
+    assert begin.status.phase_started_at == driver.now
+
+
+def test_replica_change_does_not_start_rollout_when_healthy():
+    driver = healthy()
+    driver.change_spec(replicas=7)
+    assert driver.step().action == Action.HOLD
+    assert driver.status.phase == RolloutPhase.HEALTHY
+
+
+def test_phase_holds_until_its_minimum_duration_when_checks_pass():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=9, seconds=59))
+    decision = driver.step()
+    assert decision.action == Action.HOLD
+    assert driver.status.canary_weight == 1
+    assert "9m59s of 10m" in decision.reason
+
+
+def test_healthy_rollout_walks_every_phase_then_promotes_when_all_pass():
+    driver = started()
+    weights = [driver.status.canary_weight]
+    for _ in range(3):
+        assert pass_phase(driver).action == Action.ADVANCE
+        weights.append(driver.status.canary_weight)
+    promoted = pass_phase(driver)
+    assert weights == [1, 10, 50, 100]
+    assert promoted.action == Action.PROMOTE
+    assert promoted.status.phase == RolloutPhase.BAKING
+    assert promoted.status.stable_revision == driver.spec.revision()
+    assert promoted.status.previous_revision is not None
+    assert promoted.status.canary_weight == 0
+    assert promoted.status.history[0].outcome == Outcome.PROMOTED
+    assert driver.now - promoted.status.history[0].started_at == timedelta(minutes=10 + 30 + 60 + 15)
+
+
+def test_bake_window_ends_in_healthy_and_releases_previous_when_no_trigger_trips():
+    driver = started(rollback={"bakeWindow": "5m"})
+    for _ in range(4):
+        pass_phase(driver)
+    driver.advance_clock(timedelta(minutes=4))
+    assert driver.step().action == Action.HOLD
+    driver.advance_clock(timedelta(minutes=1))
+    done = driver.step()
+    assert done.action == Action.COMPLETE
+    assert done.status.phase == RolloutPhase.HEALTHY
+    assert done.status.previous_revision is None
+
+
+def test_late_failure_during_bake_restores_previous_revision_at_once_when_errors_spike():
+    driver = started()
+    old_stable = driver.status.stable_revision
+    for _ in range(4):
+        pass_phase(driver)
+    driver.advance_clock(timedelta(minutes=1))
+    decision = driver.step(stable=track(1000, errors=200))
+    assert decision.action == Action.ROLLBACK
+    assert decision.status.stable_revision == old_stable
+    assert decision.status.phase == RolloutPhase.DEGRADED
+    assert "rolled back after promotion" in decision.reason
+
+
+def test_phase_ending_below_thresholds_rolls_back_naming_phase_and_check_when_error_rate_too_high():
+    driver = started()
+    pass_phase(driver)  # now in testing (max error rate 3%)
+    driver.advance_clock(timedelta(minutes=30))
+    phase_numbers = track(1000, errors=41)
+    decision = driver.step(
+        observe(driver.now, track(100, errors=4), phase_canary=phase_numbers, phase_window=timedelta(minutes=30))
+    )
+    assert decision.action == Action.ROLLBACK
+    assert decision.reason == "rolled back in phase testing: canary error rate 4.1% >= 3.0% over 30m"
+    assert decision.failing_check == "error_rate"
+    assert decision.status.canary_weight == 0
+    entry = decision.status.history[0]
+    assert (entry.outcome, entry.phase, entry.check) == (Outcome.ROLLED_BACK, "testing", "error_rate")
+    degraded = decision.status.condition("Degraded")
+    assert degraded.status == "True" and degraded.reason == "RolledBack"
+
+
+def test_failing_phase_check_does_not_act_before_phase_ends_when_no_trigger_trips():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=5))
+    decision = driver.step(canary=track(100, errors=5))  # 5% > 2% phase limit, < 10% trigger
+    assert decision.action == Action.HOLD
+    assert decision.status.last_analysis.verdict == Verdict.FAIL
+
+
+def test_error_rate_trigger_rolls_back_at_once_when_canary_errors_exceed_ten_percent():
+    driver = started()
+    driver.advance_clock(timedelta(seconds=30))
+    decision = driver.step(canary=track(200, errors=30))
+    assert decision.action == Action.ROLLBACK
+    assert decision.failing_check == "error_rate_trigger"
+    assert decision.reason == "rolled back in phase canary: canary error rate 15.0% > 10.0% over the last 30s"
+
+
+def test_fallback_trigger_rolls_back_when_quarter_of_canary_requests_fall_back():
+    decision = started().step(canary=track(100, fallbacks=30, slow=30))
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "fallback_rate_trigger")
+
+
+def test_latency_trigger_rolls_back_when_canary_p95_exceeds_stable_by_more_than_limit():
+    decision = started().step(canary=track(100, p95=2.5), stable=track(9900, p95=0.3))
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "latency_trigger")
+    assert "+2.200s" in decision.reason
+
+
+def test_unhealthy_canary_pods_roll_back_when_enabled():
+    decision = started().step(canary_unhealthy_pods=1)
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "unhealthy")
+
+
+def test_unhealthy_canary_pods_are_ignored_when_disabled():
+    decision = started(rollback={"onUnhealthy": False}).step(canary_unhealthy_pods=2)
+    assert decision.action == Action.HOLD
+
+
+def test_triggers_use_phase_window_when_last_interval_has_too_few_requests():
+    driver = started()
+    decision = driver.step(canary=track(3, errors=1), phase_canary=track(40, errors=8))
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "error_rate_trigger")
+
+
+def test_too_few_requests_holds_inconclusive_when_phase_duration_is_over():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=10))
+    decision = driver.step(canary=track(4), phase_canary=track(30))
+    assert decision.action == Action.HOLD
+    assert driver.status.canary_weight == 1
+    assert "inconclusive" in decision.reason and "only 30 canary requests" in decision.reason
+    assert decision.status.last_analysis.verdict == Verdict.INCONCLUSIVE
+
+
+def test_analysis_errors_hold_then_roll_back_after_the_limit_when_prometheus_is_down():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=10))
+    for attempt in (1, 2):
+        decision = driver.step(error="connection refused")
+        assert decision.action == Action.HOLD
+        assert decision.status.analysis_errors == attempt
+        assert driver.status.canary_weight == 1
+    decision = driver.step(error="connection refused")
+    assert decision.action == Action.ROLLBACK
+    assert decision.failing_check == "analysis"
+    assert "analysis failed 3 times in a row" in decision.reason
+
+
+def test_analysis_error_counter_resets_and_rollout_continues_when_prometheus_returns():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=10))
+    driver.step(error="timeout")
+    driver.step(error="timeout")
+    decision = driver.step(phase_window=timedelta(minutes=10))
+    assert decision.action == Action.ADVANCE
+    assert decision.status.analysis_errors == 0
+
+
+def test_canary_not_ready_rolls_back_when_progress_deadline_passes():
+    driver = healthy()
+    driver.change_spec(image="registry.example/backtest-engine:2.0.0")
+    driver.step(canary_ready=False)
+    driver.advance_clock(timedelta(minutes=10))
+    decision = driver.step(canary_ready=False)
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "progress_deadline")
+
+
+def test_pause_holds_weight_and_stops_the_phase_clock_when_spec_paused():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=4))
+    driver.change_spec(paused=True)
+    assert driver.step().action == Action.PAUSE
+    assert driver.status.phase == RolloutPhase.PAUSED
+    driver.advance_clock(timedelta(hours=2))
+    assert driver.step(phase_window=timedelta(hours=2)).action == Action.HOLD
+    driver.change_spec(paused=False)
+    resume = driver.step()
+    assert resume.action == Action.RESUME
+    assert resume.status.phase_started_at == driver.now - timedelta(minutes=4)
+    driver.advance_clock(timedelta(minutes=5))
+    assert driver.step().action == Action.HOLD  # 9 of 10 minutes
+    driver.advance_clock(timedelta(minutes=1))
+    assert driver.step(phase_window=timedelta(minutes=10)).action == Action.ADVANCE
+
+
+def test_trigger_rolls_back_even_when_paused():
+    driver = started(paused=True)
+    driver.step()
+    assert driver.status.phase == RolloutPhase.PAUSED
+    decision = driver.step(canary=track(100, errors=50))
+    assert decision.action == Action.ROLLBACK
+
+
+def test_manual_promote_advances_one_phase_once_per_token_when_requested():
+    driver = started()
+    request = Controls(promote="t1")
+    decision = driver.step(controls=request)
+    assert (decision.action, driver.status.step_name) == (Action.ADVANCE, "testing")
+    assert driver.step(controls=request).action == Action.HOLD  # same token: already handled
+    assert driver.step(controls=Controls(promote="t2")).action == Action.ADVANCE
+    assert driver.status.step_name == "validation"
+
+
+def test_manual_full_promotion_skips_remaining_phases_when_requested():
+    decision = started().step(controls=Controls(promote_full="now"))
+    assert decision.action == Action.PROMOTE
+    assert "full promotion requested" in decision.reason
+
+
+def test_trigger_wins_over_manual_promotion_when_both_happen():
+    decision = started().step(canary=track(100, errors=40), controls=Controls(promote_full="x"))
+    assert decision.action == Action.ROLLBACK
+    assert any(e.reason == "RequestIgnored" for e in decision.events)
+
+
+def test_abort_rolls_back_as_aborted_when_requested_mid_phase():
+    decision = started().step(controls=Controls(abort="incident-42"))
+    assert decision.action == Action.ROLLBACK
+    assert decision.status.history[0].outcome == Outcome.ABORTED
+    assert decision.status.condition("Degraded").reason == "Aborted"
+
+
+def test_degraded_stays_until_retry_then_restarts_same_revision_when_retry_requested():
+    driver = started()
+    driver.step(canary=track(100, errors=50))
+    failed = driver.status.canary_revision
+    assert driver.step().action == Action.HOLD
+    assert driver.status.phase == RolloutPhase.DEGRADED
+    retry = driver.step(controls=Controls(retry="r1"))
+    assert retry.action == Action.START
+    assert retry.status.canary_revision == failed
+
+
+def test_request_is_reported_ignored_when_it_does_not_apply():
+    decision = healthy().step(controls=Controls(retry="r1"))
+    assert decision.action == Action.HOLD
+    assert [e.reason for e in decision.events] == ["RequestIgnored"]
+
+
+def test_new_revision_mid_rollout_restarts_from_first_phase_when_spec_changes():
+    driver = started()
+    pass_phase(driver)
+    first_canary = driver.status.canary_revision
+    driver.change_spec(image="registry.example/backtest-engine:1.5.0")
+    decision = driver.step()
+    assert decision.action == Action.START
+    assert decision.status.canary_revision not in (first_canary, None)
+    assert (decision.status.step_name, decision.status.canary_weight) == ("canary", 0)
+    assert decision.status.history[0].outcome == Outcome.SUPERSEDED
+
+
+def test_reverting_spec_to_stable_drops_rollout_when_mid_rollout():
+    driver = started()
+    driver.change_spec(image="registry.example/backtest-engine:1.3.0")
+    decision = driver.step()
+    assert decision.action == Action.REVERT
+    assert decision.status.phase == RolloutPhase.HEALTHY
+    assert decision.status.canary_weight == 0
+
+
+def test_new_revision_after_rollback_starts_fresh_rollout_when_degraded():
+    driver = started()
+    driver.step(canary=track(100, errors=50))
+    driver.change_spec(image="registry.example/backtest-engine:1.4.1")
+    assert driver.step().action == Action.START
+
+
+def test_edited_phase_weights_apply_in_place_when_current_phase_still_exists():
+    driver = started()
+    phases = [p.model_dump(by_alias=True) for p in driver.spec.phases]
+    phases[0]["weight"] = 5
+    driver.change_spec(phases=phases)
+    decision = driver.step()
+    assert decision.action == Action.HOLD
+    assert (decision.status.step_name, decision.status.canary_weight) == ("canary", 5)
+
+
+def test_rollout_restarts_when_edited_phases_drop_the_current_phase():
+    driver = started()
+    driver.change_spec(phases=[{"name": "all", "weight": 100, "duration": "1m"}])
+    decision = driver.step()
+    assert decision.action == Action.START
+    assert decision.status.step_name == "all"
+
+
+def test_canary_significantly_worse_than_stable_fails_phase_when_under_absolute_threshold():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=10))
+    # 1.5% < 2% phase threshold, but stable runs at 0.1% over far more requests.
+    decision = driver.step(
+        canary=track(2000, errors=30), stable=track(100000, errors=100), phase_window=timedelta(minutes=10)
+    )
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "error_rate_vs_stable")
+    check = next(c for c in decision.checks if c.name == "error_rate_vs_stable")
+    assert check.p_value is not None and check.p_value < 0.05
+
+
+def test_small_error_difference_is_not_significant_when_sample_is_small():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=10))
+    decision = driver.step(
+        canary=track(60, errors=1), stable=track(6000, errors=30), phase_window=timedelta(minutes=10)
+    )
+    assert decision.action == Action.ADVANCE
+
+
+def test_canary_latency_consistently_above_stable_fails_phase_when_mann_whitney_significant():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=10))
+    decision = driver.step(canary_p95=0.8, stable_p95=0.3, phase_window=timedelta(minutes=10))
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "latency_vs_stable")
+
+
+def test_comparison_is_skipped_at_full_weight_when_stable_gets_no_traffic():
+    driver = started()
+    for _ in range(3):
+        pass_phase(driver)
+    assert driver.status.canary_weight == 100
+    decision = driver.step(stable=track(0, p95=None))
+    verdicts = {c.name: c.verdict for c in decision.checks}
+    assert verdicts["error_rate_vs_stable"] == Verdict.SKIPPED
+    assert verdicts["latency_vs_stable"] == Verdict.SKIPPED
+
+
+def test_too_few_latency_samples_keeps_phase_inconclusive_when_duration_is_over():
+    driver = started()
+    driver.advance_clock(timedelta(minutes=10))
+    decision = driver.step(samples=2)
+    assert decision.action == Action.HOLD
+    assert "p95 samples" in decision.reason
+
+
+def test_conditions_keep_transition_time_when_status_does_not_change():
+    driver = started()
+    before = driver.status.condition("Progressing")
+    driver.advance_clock(timedelta(minutes=1))
+    driver.step()
+    after = driver.status.condition("Progressing")
+    assert after.status == "True" and after.last_transition_time == before.last_transition_time
+    assert driver.status.observed_generation == driver.generation
+
+
+def test_revision_ignores_defaulted_fields_when_spelled_out():
+    implicit = make_spec()
+    explicit = make_spec(engine={"workers": 2, "logLevel": "info"}, env=[], replicas=9)
+    assert implicit.revision() == explicit.revision()
+    assert make_spec(engine={"workers": 3}).revision() != implicit.revision()
+
+
+def test_manual_promotion_acts_when_prometheus_is_unreachable():
+    driver = started()
+    decision = driver.step(error="connection refused", controls=Controls(promote="p1"))
+    assert decision.action == Action.ADVANCE
+    assert decision.status.analysis_errors == 1
