@@ -47,9 +47,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--canary", required=True, metavar="URL", help="base URL of the canary service")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--weight-file", type=Path, metavar="PATH", help="file holding one integer 0-100")
-    source.add_argument(
-        "--weight-configmap", metavar="NS/NAME", help="ConfigMap whose data key 'weight' holds 0-100"
-    )
+    source.add_argument("--weight-configmap", metavar="NS/NAME", help="ConfigMap whose data key 'weight' holds 0-100")
     parser.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
     parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     parser.add_argument(
@@ -87,9 +85,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="largest request body buffered for replay; larger ones get 413 (default 10 MiB)",
     )
-    parser.add_argument(
-        "--max-connections", type=int, default=256, metavar="N", help="pooled connections per upstream"
-    )
+    parser.add_argument("--max-connections", type=int, default=256, metavar="N", help="pooled connections per upstream")
     parser.add_argument(
         "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop (auto: uvloop)"
     )

@@ -123,12 +123,7 @@ class ResponseProtocol(asyncio.Protocol):
             self.idle_since = time.monotonic()
 
     def reusable(self, now: float, keepalive_expiry: float) -> bool:
-        return (
-            not self.closed
-            and self.keep_alive
-            and self._waiter is None
-            and now - self.idle_since < keepalive_expiry
-        )
+        return not self.closed and self.keep_alive and self._waiter is None and now - self.idle_since < keepalive_expiry
 
     def close(self) -> None:
         self.closed = True

@@ -71,9 +71,7 @@ class WeightState:
         for listener in self._listeners:
             listener(value)
         if previous != value:
-            log.info(
-                "event=weight_changed source=%s old=%d new=%d origin=%s", self.source, previous, value, origin
-            )
+            log.info("event=weight_changed source=%s old=%d new=%d origin=%s", self.source, previous, value, origin)
 
     def reject(self, reason: str, origin: str) -> None:
         log.warning(
@@ -234,9 +232,7 @@ class ConfigMapWeightSource:
 
     async def start(self, state: WeightState) -> None:
         state.source = self.description
-        self._thread = threading.Thread(
-            target=self._run, args=(state,), name="weight-configmap-watch", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(state,), name="weight-configmap-watch", daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
