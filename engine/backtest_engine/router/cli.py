@@ -41,6 +41,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the router's arguments to `parser` (shared by the subcommand and `python -m`)."""
     parser.add_argument("--stable", required=True, metavar="URL", help="base URL of the stable service")
@@ -91,6 +98,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--http", default="auto", choices=["auto", "h11", "httptools"], help="HTTP parser (auto: httptools)"
+    )
+    parser.add_argument(
+        "--keep-alive-timeout",
+        type=_positive_int,
+        default=75,
+        metavar="SECONDS",
+        help="close idle client connections after this (default 75, above common client pool expiries, so a "
+        "client rarely reuses a connection the router is closing)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off: costly)")
@@ -153,6 +168,7 @@ def run_router(args: argparse.Namespace) -> int:
             loop=args.loop,
             http=args.http,
             server_header=False,
+            timeout_keep_alive=args.keep_alive_timeout,
             proxy_headers=False,  # the router is the first hop: client addresses come from the socket
             date_header=False,
         )
