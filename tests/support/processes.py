@@ -41,9 +41,10 @@ class Process:
     proc: subprocess.Popen[bytes]
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 1 s: uvicorn would otherwise wait for requests still sleeping."""
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=1)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
