@@ -196,3 +196,22 @@ def test_request_is_replayed_intact_when_canary_fails_an_idempotent_put(stable, 
     requests, fallbacks = counters(router)
     assert requests == Counter({("canary", "500"): 1, ("stable", "200"): 1})
     assert fallbacks == Counter({"status": 1})
+
+
+def test_own_endpoints_answer_when_called_and_are_not_proxied(stable, processes, tmp_path):
+    weight = tmp_path / "weight"
+    weight.write_text("0")
+    router = start_router(stable.url, stable.url, weight, "--latency-objective", "0.5", "--canary-timeout", "1")
+    processes.append(router)
+    before = stats(stable)["total"]
+    with httpx.Client(base_url=router.url) as client:
+        assert client.get("/router/health").json() == {"status": "ok"}
+        state = client.get("/router/state").json()
+        assert state["upstreams"]["canary"]["timeout_seconds"] == 1.0
+        assert state["latency_objective_seconds"] == 0.5
+        assert client.get("/router/nothing").status_code == 404
+        assert client.post("/metrics").status_code == 405
+        metrics = client.get("/metrics").text
+    assert 'backtest_router_request_duration_seconds_bucket{le="0.5",track="canary"} 0.0' in metrics
+    assert "backtest_router_weight 0.0" in metrics
+    assert stats(stable)["total"] == before  # nothing reached an upstream
