@@ -107,7 +107,7 @@ async def test_weight_resumes_when_watch_times_out_and_is_reopened(k8s_api, name
         await source.stop()
 
 
-def test_router_process_applies_configmap_weight_within_a_second(k8s_api, cluster, namespace, tmp_path):
+def test_router_process_applies_new_weight_within_a_second_when_configmap_is_patched(k8s_api, cluster, namespace):
     core = k8s.CoreV1Api(k8s_api)
     core.create_namespaced_config_map(namespace, configmap("0"))
     stable = start_upstream("stable")
