@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status bench-router bench-engine engine-docs
+.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status \
+	bench-router bench-engine engine-docs
 
 setup: $(STAMP)
 
