@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status
+.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status bench-router
 
 setup: $(STAMP)
 
@@ -52,6 +52,10 @@ cluster-down: setup
 ## Which components run, and their resident memory.
 cluster-status: setup
 	@$(BIN)/python -m backtest_devtools.cluster status --state-dir $(CURDIR)/.cluster
+
+## Router overhead vs direct calls at a fixed rate, max throughput, weight flips under load.
+bench-router: setup
+	$(BIN)/python bench/router_overhead.py --compare-servers --json bench/results/router.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
