@@ -1,0 +1,104 @@
+"""The metric registry: coverage, documentation, and defined values for degenerate runs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backtest_engine import run_backtest
+from backtest_engine.backtest import bars_from_frame, metric_context
+from backtest_engine.data import synthetic_ohlcv
+from backtest_engine.execution import ExecutionConfig, simulate
+from backtest_engine.metrics import GROUPS, all_metrics, compute_metrics, get_metric
+from backtest_engine.metrics.reference import render_markdown
+
+DOCS = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
+CONTRACT_KEYS = {
+    "total_return",
+    "cagr",
+    "sharpe_ratio",
+    "sortino_ratio",
+    "max_drawdown",
+    "num_trades",
+    "win_rate",
+    "profit_factor",
+    "final_equity",
+}
+
+
+def test_registry_holds_at_least_65_documented_metrics_in_every_group_when_loaded():
+    metrics = all_metrics()
+    assert len(metrics) >= 65
+    assert {m.group for m in metrics} == set(GROUPS)
+    assert {m.name for m in metrics} >= CONTRACT_KEYS
+    for m in metrics:
+        assert m.name == m.name.lower() and " " not in m.name
+        assert m.definition.endswith(".") and "\n" not in m.definition
+        assert math.isfinite(m.degenerate)
+
+
+def test_metrics_doc_is_regenerated_when_the_registry_changes():
+    assert DOCS.read_text() == render_markdown(), (
+        "run: python -m backtest_engine.metrics.reference > docs/metrics.md"
+    )
+
+
+def _finite(metrics: dict[str, float]) -> None:
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    assert not bad
+
+
+def test_every_metric_takes_its_degenerate_value_when_there_are_no_trades():
+    frame = synthetic_ohlcv(300, seed=1)
+    bars = bars_from_frame(frame)
+    config = ExecutionConfig()
+    sim = simulate(bars.open, bars.high, bars.low, bars.close, np.zeros(300), config=config)
+    metrics = compute_metrics(metric_context(sim, bars, config, 252.0))
+    _finite(metrics)
+    assert metrics["num_trades"] == 0 and metrics["final_equity"] == config.cash
+    for name in ("sharpe_ratio", "sortino_ratio", "win_rate", "profit_factor", "sqn", "calmar_ratio", "beta"):
+        assert metrics[name] == get_metric(name).degenerate, name
+
+
+def test_metrics_stay_finite_when_equity_is_flat_and_prices_never_move():
+    frame = synthetic_ohlcv(200, seed=2)
+    frame[["open", "high", "low", "close"]] = 100.0
+    metrics = run_backtest(frame, "buy_and_hold", {}).metrics
+    _finite(metrics)
+    assert metrics["max_drawdown"] == 0.0 and metrics["annualized_volatility"] == 0.0
+    assert metrics["num_trades"] == 1 and metrics["win_rate"] == 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    bars=st.integers(min_value=2, max_value=120),
+    seed=st.integers(0, 1_000),
+    strategy=st.sampled_from(["sma_crossover", "rsi_reversion", "pivot_bos", "momentum", "buy_and_hold"]),
+)
+def test_every_metric_is_finite_when_data_is_short_or_trades_are_few(bars, seed, strategy):
+    params = {"fast": 2, "slow": 5} if strategy == "sma_crossover" else {}
+    _finite(run_backtest(synthetic_ohlcv(bars, seed=seed), strategy, params, commission=0.001).metrics)
+
+
+def test_trade_metrics_follow_their_definitions_when_trades_are_known():
+    frame = synthetic_ohlcv(800, seed=6)
+    result = run_backtest(frame, "sma_crossover", {"fast": 5, "slow": 20}, commission=0.001)
+    pnl = result.trades["pnl"].to_numpy()
+    m = result.metrics
+    assert m["num_trades"] == len(pnl)
+    assert m["win_rate"] == pytest.approx(np.mean(pnl > 0))
+    assert m["profit_factor"] == pytest.approx(pnl[pnl > 0].sum() / -pnl[pnl < 0].sum())
+    assert m["expectancy"] == pytest.approx(pnl.mean())
+    assert m["total_fees"] == pytest.approx(result.trades["fees"].sum())
+    assert m["final_equity"] == pytest.approx(10_000 + pnl.sum())
+    streak, longest = 0, 0
+    for value in pnl:
+        streak = streak + 1 if value < 0 else 0
+        longest = max(longest, streak)
+    assert m["max_consecutive_losses"] == longest
+    assert m["exposure"] == pytest.approx(np.mean(result.extras["units"] != 0))
