@@ -11,6 +11,8 @@ ClusterRole the chart ships (``deploy/rbac/operator-clusterrole.yaml``).
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import sys
 import threading
@@ -170,9 +172,6 @@ class Lab:
         pid = self.operator.pid()
         assert pid is not None, "operator is not running"
         with contextlib.suppress(ProcessLookupError):
-            import os
-            import signal
-
             os.kill(pid, signal.SIGKILL)
         processes.wait_until(lambda: not self.operator.is_running(), 10)  # type: ignore[union-attr]
 

@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from .lab import NAME, Lab, fast_spec, lab
+from kubernetes import client as k8s
+
+from .lab import NAME, Lab, Traffic, fast_spec, lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
 
@@ -29,8 +31,6 @@ def start_release(rollout_lab: Lab, traffic_rate: float = 60.0, **spec_overrides
     rollout_lab.start_operator()
     rollout_lab.apply(fast_spec(rollout_lab.prometheus.url, **spec_overrides))
     rollout_lab.wait(_healthy, 60, "first revision healthy")
-    from .lab import Traffic
-
     traffic = Traffic(router, traffic_rate).start() if traffic_rate else None
     rollout_lab.patch({"spec": {"image": "backtest-engine:2.0.0"}})
     return traffic
@@ -110,8 +110,6 @@ def test_spec_change_mid_rollout_restarts_with_the_newest_revision(rollout_lab):
 
 
 def test_deleting_the_service_removes_everything_it_owned(rollout_lab, k8s_api):
-    from kubernetes import client as k8s
-
     start_release(rollout_lab, traffic_rate=0)
     rollout_lab.wait(lambda s: s.get("canaryRevision"), 60, "rollout started")
     rollout_lab.custom.delete_namespaced_custom_object("backtest.dev", "v1alpha1", rollout_lab.namespace,

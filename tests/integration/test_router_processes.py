@@ -191,9 +191,7 @@ def test_abandoned_canary_counts_as_slow_fallback_not_error_when_it_times_out(st
     processes.append(canary)
     weight = tmp_path / "weight"
     weight.write_text("100")
-    router = start_router(
-        stable.url, canary.url, weight, "--latency-objective", "0.25", "--canary-timeout", "0.6"
-    )
+    router = start_router(stable.url, canary.url, weight, "--latency-objective", "0.25", "--canary-timeout", "0.6")
     processes.append(router)
 
     def call(method: str) -> httpx.Response:

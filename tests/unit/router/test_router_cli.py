@@ -18,9 +18,7 @@ def mounted(argv):
 
 
 def test_subcommand_dispatches_to_run_router_when_mounted():
-    args = mounted(
-        ["router", "--stable", "http://s", "--canary", "http://c", "--weight-file", "/w", "--port", "9"]
-    )
+    args = mounted(["router", "--stable", "http://s", "--canary", "http://c", "--weight-file", "/w", "--port", "9"])
     assert args.func is run_router
     assert (args.stable, args.canary, args.weight_file, args.port) == ("http://s", "http://c", Path("/w"), 9)
     assert args.latency_objective == 2.0

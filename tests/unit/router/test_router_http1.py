@@ -18,9 +18,7 @@ ANSWERS = {
     b"/eof": b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil-the-end",
     b"/head": b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n",
     b"/nocontent": b"HTTP/1.1 204 No Content\r\n\r\n",
-    b"/early": (
-        b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-    ),
+    b"/early": (b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
     b"/garbage": b"NOT HTTP AT ALL\r\n\r\n",
     b"/hangup": b"",
 }

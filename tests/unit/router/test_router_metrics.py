@@ -45,6 +45,4 @@ def test_snapshot_counts_errors_when_canary_fails():
 
 def test_config_is_refused_when_canary_timeout_does_not_exceed_objective():
     with pytest.raises(ConfigError, match="must exceed"):
-        RouterConfig(
-            "http://s", "http://c", latency_objective_seconds=2.0, canary_timeout_seconds=2.0
-        ).validate()
+        RouterConfig("http://s", "http://c", latency_objective_seconds=2.0, canary_timeout_seconds=2.0).validate()
