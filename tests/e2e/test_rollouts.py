@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from kubernetes import client as k8s
 
 from .lab import NAME, Lab, Traffic, fast_spec, lab
