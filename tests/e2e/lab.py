@@ -52,16 +52,16 @@ def fast_spec(prometheus_url: str, image: str = "backtest-engine:1.0.0", **overr
         "replicas": 1,
         "analysis": {
             "prometheus": {"url": prometheus_url, "timeout": "2s"},
-            "interval": "2s",
+            "interval": "4s",
             "minRequests": 20,
             "latencyObjective": "0.5s",
             "comparison": {"minLatencySamples": 3},
         },
         "phases": [
-            {"name": "canary", "weight": 10, "duration": "6s"},
-            {"name": "testing", "weight": 25, "duration": "6s"},
-            {"name": "validation", "weight": 50, "duration": "6s"},
-            {"name": "full", "weight": 100, "duration": "6s", "minSuccessRate": 0.95, "maxErrorRate": 0.02},
+            {"name": "canary", "weight": 10, "duration": "8s"},
+            {"name": "testing", "weight": 25, "duration": "8s"},
+            {"name": "validation", "weight": 50, "duration": "8s"},
+            {"name": "full", "weight": 100, "duration": "8s", "minSuccessRate": 0.95, "maxErrorRate": 0.02},
         ],
         "rollback": {"minRequests": 5, "maxLatencyIncrease": "0.3s", "bakeWindow": "4s"},
     }
@@ -75,39 +75,47 @@ def fast_spec(prometheus_url: str, image: str = "backtest-engine:1.0.0", **overr
 
 @dataclass
 class Traffic:
-    """A steady open-loop client through the router, counting what clients see."""
+    """Steady traffic through the router from several client threads, counting what clients see.
+
+    Several threads keep the rate when some answers are slow (a canary timing out must not throttle
+    the load that is supposed to reveal it).
+    """
 
     url: str
     rate: float
+    clients: int = 8
     sent: int = 0
     client_errors: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> Traffic:
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
-        self._thread.start()
+        for index in range(self.clients):
+            thread = threading.Thread(target=self._run, args=(index,), name=f"traffic-{index}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
         return self
 
-    def _run(self) -> None:
-        period = 1.0 / self.rate
+    def _run(self, index: int) -> None:
+        period = self.clients / self.rate
         with httpx.Client(timeout=10.0, headers={"X-API-Key": API_KEY}) as client:
-            next_at = time.monotonic()
+            next_at = time.monotonic() + index * period / self.clients
             while not self._stop.is_set():
                 try:
-                    status = client.get(f"{self.url}/api/v1/strategies").status_code
-                    failed = status >= 500
+                    failed = client.get(f"{self.url}/api/v1/strategies").status_code >= 500
                 except httpx.HTTPError:
                     failed = True
-                self.sent += 1
-                self.client_errors += int(failed)
+                with self._lock:
+                    self.sent += 1
+                    self.client_errors += int(failed)
                 next_at += period
                 self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
+        for thread in self._threads:
+            thread.join(timeout=15)
 
 
 class Lab:
