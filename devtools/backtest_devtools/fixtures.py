@@ -34,6 +34,8 @@ from backtest_devtools.postgres import PostgresServer
 from backtest_devtools.prometheus import PrometheusServer, ScrapeJob
 
 CRD_DIR = REPO_ROOT / "crds"
+GATEWAY_API = ("sigs.k8s.io/gateway-api", "v1.6.3")
+"""The Gateway API release whose HTTPRoute CRD the gatewayAPI traffic provider is tested against."""
 _KEPT_LOGS = pytest.StashKey[list[str]]()
 _BUILD_ERROR = pytest.StashKey[str]()
 
@@ -116,6 +118,17 @@ def crd_installed(k8s_api: Any) -> list[str]:
     files = sorted(CRD_DIR.glob("*.yaml"))
     if not files:
         pytest.fail(f"no CRD found in {CRD_DIR}: generate it with `make crds`")
+    return _install_crds(k8s_api, files)
+
+
+@pytest.fixture(scope="session")
+def gateway_api_installed(k8s_api: Any, devtools_settings: Settings) -> list[str]:
+    """The standard HTTPRoute CRD, read from the gateway-api Go module (no other network is reachable)."""
+    folder = build.module_dir(devtools_settings, *GATEWAY_API) / "config" / "crd" / "standard"
+    return _install_crds(k8s_api, [folder / "gateway.networking.k8s.io_httproutes.yaml"])
+
+
+def _install_crds(k8s_api: Any, files: list[Path]) -> list[str]:
     extensions = k8s.ApiextensionsV1Api(k8s_api)
     names = []
     for path in files:

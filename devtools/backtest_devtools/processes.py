@@ -73,11 +73,13 @@ def start(
     log_dir: Path,
     owner_mark: str,
     die_with_parent: bool,
+    env: dict[str, str] | None = None,
 ) -> Managed:
     """Start `command` in its own session with output appended to <log_dir>/<name>.log.
 
     die_with_parent: for test sessions, so a killed pytest never leaves servers behind; `make
     cluster-up` leaves it off because the servers must outlive the command that started them.
+    env: variables added to (or replacing) this process's environment for the child.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +93,7 @@ def start(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, **env} if env else None,
             preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
         )
     _CHILDREN[process.pid] = process

@@ -19,6 +19,7 @@ from backtest_engine.data import load_ohlcv, save_ohlcv, synthetic_ohlcv
 from backtest_engine.errors import EngineError, InvalidParameter
 from backtest_engine.metrics import all_metrics
 from backtest_engine.optimize import optimize, walk_forward
+from backtest_engine.router.cli import add_router_parser, run_router
 from backtest_engine.strategies import list_strategies
 
 EXIT_BAD_INPUT = 2
@@ -45,9 +46,7 @@ def parse_space(pairs: Sequence[str]) -> dict[str, list[str]]:
             try:
                 start, stop, step = (int(part) for part in value.split(":"))
             except ValueError:
-                raise InvalidParameter(
-                    f"range {value!r} must be start:stop:step integers", name=name
-                ) from None
+                raise InvalidParameter(f"range {value!r} must be start:stop:step integers", name=name) from None
             if step <= 0 or stop < start:
                 raise InvalidParameter(f"range {value!r} is empty", name=name)
             space[name] = [str(v) for v in range(start, stop + 1, step)]
@@ -58,25 +57,15 @@ def parse_space(pairs: Sequence[str]) -> dict[str, list[str]]:
 
 def _add_execution_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", required=True, help="strategy name (see `backtest-engine strategies`)")
-    parser.add_argument(
-        "--data", required=True, help="CSV or Parquet file: time, open, high, low, close, volume"
-    )
+    parser.add_argument("--data", required=True, help="CSV or Parquet file: time, open, high, low, close, volume")
     parser.add_argument("--cash", type=float, default=10_000.0, help="initial cash (default 10000)")
     parser.add_argument("--commission", type=float, default=0.0, help="fraction of traded notional per fill")
-    parser.add_argument(
-        "--slippage-bps", type=float, default=0.0, help="adverse fill price move, basis points"
-    )
+    parser.add_argument("--slippage-bps", type=float, default=0.0, help="adverse fill price move, basis points")
     parser.add_argument("--fraction", type=float, default=1.0, help="position size as a fraction of equity")
-    parser.add_argument(
-        "--lot-size", type=float, default=0.0, help="round units down to lots (0 = fractional)"
-    )
-    parser.add_argument(
-        "--stop-loss", type=float, default=None, help="stop loss as a fraction of entry price"
-    )
+    parser.add_argument("--lot-size", type=float, default=0.0, help="round units down to lots (0 = fractional)")
+    parser.add_argument("--stop-loss", type=float, default=None, help="stop loss as a fraction of entry price")
     parser.add_argument("--take-profit", type=float, default=None, help="take profit as a fraction of entry")
-    parser.add_argument(
-        "--periods-per-year", type=float, default=None, help="override the inferred annualization"
-    )
+    parser.add_argument("--periods-per-year", type=float, default=None, help="override the inferred annualization")
     parser.add_argument("--risk-free-rate", type=float, default=0.0, help="annual risk-free rate (default 0)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -113,23 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     opt = commands.add_parser("optimize", help="grid or random search, optionally walk-forward")
     _add_execution_arguments(opt)
     opt.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2|A:B:STEP", help="candidates")
-    opt.add_argument(
-        "--random", type=int, default=None, metavar="N", help="sample N sets instead of the grid"
-    )
+    opt.add_argument("--random", type=int, default=None, metavar="N", help="sample N sets instead of the grid")
     opt.add_argument("--seed", type=int, default=0)
     opt.add_argument("--metric", default="sharpe_ratio", help="ranking metric (default sharpe_ratio)")
     opt.add_argument("--minimize", action="store_true", help="lower metric values rank first")
     opt.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     opt.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
-    opt.add_argument(
-        "--walk-forward", type=int, default=None, metavar="FOLDS", help="walk-forward evaluation"
-    )
+    opt.add_argument("--walk-forward", type=int, default=None, metavar="FOLDS", help="walk-forward evaluation")
 
     synth = commands.add_parser("synthetic", help="write a deterministic synthetic OHLCV file")
     synth.add_argument("--bars", type=int, default=2_000)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--freq", default="B", help="pandas frequency of the bars (default B, business days)")
     synth.add_argument("--out", required=True, help="output .csv or .parquet")
+
+    add_router_parser(commands)
     return parser
 
 
@@ -228,6 +215,8 @@ def _command_optimize(args: argparse.Namespace, out: TextIO, err: TextIO) -> Non
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     args = build_parser().parse_args(argv)
+    if args.command == "router":
+        return run_router(args)
     try:
         if args.command == "strategies":
             described = list_strategies()
@@ -253,9 +242,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
                 json.dump(described_metrics, out, indent=2)
                 out.write("\n")
             else:
-                _print_table(
-                    [(f"{m['group']}/{m['name']}", str(m["definition"])) for m in described_metrics], out
-                )
+                _print_table([(f"{m['group']}/{m['name']}", str(m["definition"])) for m in described_metrics], out)
         elif args.command == "run":
             _command_run(args, out)
         elif args.command == "optimize":

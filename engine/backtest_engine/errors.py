@@ -11,7 +11,7 @@ class EngineError(Exception):
     """Base class of every error the engine raises on purpose."""
 
 
-class InvalidData(EngineError):  # noqa: N818 - the names are the engine's public API
+class InvalidData(EngineError):
     """The OHLCV input is malformed; `row` is the 0-based position of the first offending row, if any."""
 
     def __init__(self, message: str, *, row: int | None = None) -> None:
@@ -20,7 +20,7 @@ class InvalidData(EngineError):  # noqa: N818 - the names are the engine's publi
         super().__init__(f"invalid data: {where}{message}")
 
 
-class UnknownStrategy(EngineError):  # noqa: N818 - the names are the engine's public API
+class UnknownStrategy(EngineError):
     """No strategy of that name is registered."""
 
     def __init__(self, name: str, known: list[str]) -> None:
@@ -28,7 +28,7 @@ class UnknownStrategy(EngineError):  # noqa: N818 - the names are the engine's p
         super().__init__(f"unknown strategy {name!r}; known strategies: {', '.join(sorted(known))}")
 
 
-class InvalidParameter(EngineError):  # noqa: N818 - the names are the engine's public API
+class InvalidParameter(EngineError):
     """A parameter is unknown, of the wrong type or out of range; `name` says which one."""
 
     def __init__(self, message: str, *, name: str) -> None:

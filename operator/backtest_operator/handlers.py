@@ -50,7 +50,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Logger, 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    settings.posting.enabled = False  # events are posted deliberately, one per transition
+    settings.posting.level = logging.CRITICAL + 1  # no log lines as Events: one Event per transition instead
     config = OperatorSettings()
     cluster = await asyncio.to_thread(lambda: Cluster(_api_client()))  # discovery blocks: keep it off the loop
     memo.reconciler = Reconciler(cluster, WorkloadDefaults(router_image=config.router_image), _post_event)

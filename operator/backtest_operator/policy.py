@@ -311,7 +311,11 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     tripped = first_failure(triggers)
     if tripped is not None:
         reason = f"rolled back in phase {phase.name}: {tripped.message}"
-        return _rollback(ctx, status, reason, tripped.name, checks=triggers)
+        record = AnalysisRecord(
+            time=now, phase=phase.name, verdict=Verdict.FAIL, window_seconds=obs.recent_window.total_seconds(),
+            canary=obs.canary_recent, stable=obs.stable_recent, checks=triggers,
+        )  # fmt: skip
+        return _rollback(ctx, status.evolve(last_analysis=record), reason, tripped.name, checks=triggers)
     if "abort" in ctx.pending:
         return _rollback(ctx, status, f"aborted by request in phase {phase.name}", "abort", Outcome.ABORTED)
     checks = phase_checks(spec, phase, obs)

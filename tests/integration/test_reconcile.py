@@ -210,3 +210,24 @@ def test_replicas_provider_splits_pods_by_weight_when_progressing(make_harness):
     assert harness.deployments() == {f"quant-{stable}": 5, f"quant-{canary}": 5}
     entry = harness.core.read_namespaced_service("quant", harness.namespace).spec.selector
     assert entry == {"backtest.dev/service": "quant", "app.kubernetes.io/component": "engine"}
+
+
+def test_gateway_provider_sets_httproute_backend_weights_when_progressing(make_harness, gateway_api_installed):
+    parent = {"name": "public", "namespace": "gateways"}
+    harness = make_harness(traffic={"provider": "gatewayAPI", "parentRefs": [parent]})
+    harness.step_until(Action.READY)
+    routes = k8s.CustomObjectsApi(harness.custom.api_client)
+
+    def backends() -> list[tuple[str, int]]:
+        route = routes.get_namespaced_custom_object(
+            "gateway.networking.k8s.io", "v1", harness.namespace, "httproutes", "quant"
+        )
+        assert route["spec"]["parentRefs"][0]["name"] == "public"
+        return [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]]
+
+    assert backends() == [("quant-stable", 100), ("quant-canary", 0)]
+    harness.patch({"spec": {"image": "backtest-engine:2.0.0"}})
+    harness.step()
+    harness.step_until(Action.BEGIN)
+    assert backends() == [("quant-stable", 99), ("quant-canary", 1)]
+    assert "quant-router" not in harness.deployments()

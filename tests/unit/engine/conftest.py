@@ -15,9 +15,7 @@ def daily_bars() -> pd.DataFrame:
     return synthetic_ohlcv(1_500, seed=11)
 
 
-def frame_from_prices(
-    opens: list[float], highs: list[float], lows: list[float], closes: list[float]
-) -> pd.DataFrame:
+def frame_from_prices(opens: list[float], highs: list[float], lows: list[float], closes: list[float]) -> pd.DataFrame:
     """A small hand-written OHLCV frame on consecutive days (for hand-checked execution scenarios)."""
     index = pd.date_range("2024-01-01", periods=len(closes), freq="D", name="time")
     return pd.DataFrame(

@@ -60,9 +60,7 @@ def test_run_prints_the_contract_json_when_asked_for_json(data_file):
     assert set(result["metrics"]) >= CONTRACT_METRICS
     assert result["trades"] and set(result["trades"][0]) >= TRADE_KEYS
     assert result["params"] == {"fast": 10, "slow": 50, "allow_short": True}
-    assert sum(t["pnl"] for t in result["trades"]) == pytest.approx(
-        result["metrics"]["final_equity"] - 10_000
-    )
+    assert sum(t["pnl"] for t in result["trades"]) == pytest.approx(result["metrics"]["final_equity"] - 10_000)
 
 
 def test_run_prints_a_metric_table_when_json_is_not_requested(data_file):

@@ -78,9 +78,7 @@ def test_loader_round_trips_a_frame_when_written_as_csv_or_parquet(tmp_path: Pat
 
 def test_loader_reports_the_row_when_a_csv_holds_text_in_a_price(tmp_path: Path):
     path = tmp_path / "bad.csv"
-    path.write_text(
-        "Time,Open,High,Low,Close,Volume\n2024-01-01,1,2,0.5,1.5,10\n2024-01-02,1,2,0.5,oops,10\n"
-    )
+    path.write_text("Time,Open,High,Low,Close,Volume\n2024-01-01,1,2,0.5,1.5,10\n2024-01-02,1,2,0.5,oops,10\n")
     with pytest.raises(InvalidData, match="close") as caught:
         load_ohlcv(path)
     assert caught.value.row == 1

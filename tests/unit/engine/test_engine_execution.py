@@ -19,9 +19,7 @@ LOWS = np.minimum(OPENS, CLOSES) - 0.5
 
 
 def run(target, highs=HIGHS, lows=LOWS, opens=OPENS, closes=CLOSES, **config):
-    return simulate(
-        opens, highs, lows, closes, np.asarray(target, dtype=float), config=ExecutionConfig(**config)
-    )
+    return simulate(opens, highs, lows, closes, np.asarray(target, dtype=float), config=ExecutionConfig(**config))
 
 
 def test_long_trade_fills_at_next_open_and_pays_commission_on_both_sides_when_signal_flips():
@@ -133,9 +131,7 @@ def test_vectorized_core_matches_a_bar_by_bar_reference_when_targets_are_random(
         stop_loss=stop_loss,
         take_profit=take_profit,
     )
-    sim = simulate(
-        OPEN, HIGH, LOW, CLOSE, np.asarray(target, dtype=float), config=ExecutionConfig(**settings_)
-    )
+    sim = simulate(OPEN, HIGH, LOW, CLOSE, np.asarray(target, dtype=float), config=ExecutionConfig(**settings_))
     reference = reference_simulate(OPEN, HIGH, LOW, CLOSE, target, **settings_)
     np.testing.assert_allclose(sim.equity, reference.equity, rtol=1e-9)
     assert sim.num_trades == len(reference.trades)

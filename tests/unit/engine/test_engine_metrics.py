@@ -45,9 +45,7 @@ def test_registry_holds_at_least_65_documented_metrics_in_every_group_when_loade
 
 
 def test_metrics_doc_is_regenerated_when_the_registry_changes():
-    assert DOCS.read_text() == render_markdown(), (
-        "run: python -m backtest_engine.metrics.reference > docs/metrics.md"
-    )
+    assert DOCS.read_text() == render_markdown(), "run: python -m backtest_engine.metrics.reference > docs/metrics.md"
 
 
 def _finite(metrics: dict[str, float]) -> None:

@@ -53,9 +53,7 @@ def test_process_pool_gives_the_same_ranking_as_one_process_when_workers_are_use
 
 def test_progress_is_reported_up_to_the_total_when_a_sweep_runs():
     calls: list[tuple[int, int]] = []
-    optimize(
-        DATA, "sma_crossover", SPACE, workers=2, chunk_size=3, progress=lambda d, t: calls.append((d, t))
-    )
+    optimize(DATA, "sma_crossover", SPACE, workers=2, chunk_size=3, progress=lambda d, t: calls.append((d, t)))
     done = [d for d, _ in calls]
     assert calls[0] == (0, 9) and calls[-1] == (9, 9)
     assert done == sorted(done)

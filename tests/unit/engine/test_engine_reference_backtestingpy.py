@@ -99,9 +99,7 @@ def test_sma_crossover_trades_and_final_equity_match_backtesting_py_when_run_on_
     open_at_end = trades[trades["exit_reason"] == "end_of_data"]
     exit_fee = float((open_at_end["size"].abs() * open_at_end["exit_price"]).sum() * commission)
     assert ours.metrics["final_equity"] == pytest.approx(stats["Equity Final [$]"] - exit_fee, abs=0.005)
-    np.testing.assert_allclose(
-        ours.equity.to_numpy()[:-1], stats._equity_curve["Equity"].to_numpy()[:-1], rtol=1e-10
-    )
+    np.testing.assert_allclose(ours.equity.to_numpy()[:-1], stats._equity_curve["Equity"].to_numpy()[:-1], rtol=1e-10)
 
 
 def test_trade_metrics_match_backtesting_py_statistics_when_computed_on_the_same_trades():

@@ -112,9 +112,7 @@ def test_risk_free_rate_is_subtracted_per_bar_like_empyrical_when_it_is_set():
     annual = 0.04
     m = compute_metrics(_context(r, b, risk_free_rate=annual))
     per_bar = annual / P
-    assert m["sharpe_ratio"] == pytest.approx(
-        empyrical.sharpe_ratio(r, risk_free=per_bar, annualization=P), rel=1e-9
-    )
+    assert m["sharpe_ratio"] == pytest.approx(empyrical.sharpe_ratio(r, risk_free=per_bar, annualization=P), rel=1e-9)
     alpha, beta = empyrical.alpha_beta(r, b, risk_free=per_bar, annualization=P)
     assert m["alpha"] == pytest.approx(alpha, rel=1e-9)
     assert m["beta"] == pytest.approx(beta, rel=1e-9)

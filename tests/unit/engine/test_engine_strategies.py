@@ -75,9 +75,7 @@ def _bars(closes: list[float]) -> Bars:
 
 def test_sma_crossover_goes_long_on_an_up_cross_and_short_on_a_down_cross_when_shorts_are_allowed():
     closes = [10, 10, 9, 8, 12, 14, 16, 17, 12, 8, 6, 6]
-    signals = generate_signals(
-        _bars(closes), "sma_crossover", validate_params("sma_crossover", {"fast": 1, "slow": 3})
-    )
+    signals = generate_signals(_bars(closes), "sma_crossover", validate_params("sma_crossover", {"fast": 1, "slow": 3}))
     # close - SMA3: bar 3: 8 - 9 < 0, bar 4: 12 - 9.67 > 0 (cross up);
     # bar 7: 17 - 15.67 > 0, bar 8: 12 - 15 < 0 (cross down).
     expected = [0, 0, 0, 0, 1, 1, 1, 1, -1, -1, -1, -1]
@@ -87,10 +85,7 @@ def test_sma_crossover_goes_long_on_an_up_cross_and_short_on_a_down_cross_when_s
 def test_sma_crossover_goes_flat_instead_of_short_when_allow_short_is_false():
     closes = [10, 10, 9, 8, 12, 14, 16, 17, 12, 8, 6, 6]
     params = validate_params("sma_crossover", {"fast": 1, "slow": 3, "allow_short": False})
-    assert (
-        generate_signals(_bars(closes), "sma_crossover", params).target.tolist()
-        == [0] * 4 + [1] * 4 + [0] * 4
-    )
+    assert generate_signals(_bars(closes), "sma_crossover", params).target.tolist() == [0] * 4 + [1] * 4 + [0] * 4
 
 
 def test_swing_points_find_pivots_only_when_both_windows_are_lower():
