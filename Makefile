@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 test: setup deps-system cluster-build
 	$(BIN)/python -m pytest
 
-## Fast tests only: no control plane, no Prometheus.
+## Fast tests only: no control plane, no Prometheus, no PostgreSQL.
 unit: setup
-	$(BIN)/python -m pytest -m "not cluster and not prometheus and not e2e" tests/unit
+	$(BIN)/python -m pytest -m "not cluster and not prometheus and not postgres and not e2e" tests/unit
 
 lint: setup
 	$(BIN)/ruff check .
