@@ -3,20 +3,23 @@
 A job is queued on a bounded thread pool (ENGINE_MAX_JOBS at once, ENGINE_WORKERS processes each), and
 reports through the library's callbacks: `progress` moves the done/total counter, `on_results` keeps the
 best parameter sets seen so far, and the cancel event stops it between chunks. The row in the store is
-written at each state change and at most once a second while running, so another replica (or this one
-after a restart) can still answer `GET` for it.
+written at each state change, at most once a second while running, and at every heartbeat, so any
+replica can answer `GET` for it. A replica that does not hold the job cancels it by flagging the row;
+the holder sees the flag at its next write. A row whose heartbeat stopped (its process died) reads as
+failed instead of running forever.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
+import math
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from backtest_engine.errors import EngineError
@@ -30,6 +33,9 @@ log = logging.getLogger("backtest_engine.service.jobs")
 
 TOP = 10
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+HEARTBEAT_SECONDS = 10.0
+PROGRESS_STEPS = 20  # chunks per worker: finer progress and cancellation than the library's default 4
+STALE_AFTER = timedelta(seconds=60)
 
 
 @dataclass
@@ -101,13 +107,26 @@ def status(row: dict[str, Any]) -> dict[str, Any]:
 class JobRunner:
     """Owns this process's jobs; thread-safe."""
 
-    def __init__(self, store: Store, metrics: EngineMetrics, *, max_jobs: int, workers: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        metrics: EngineMetrics,
+        *,
+        max_jobs: int,
+        workers: int,
+        heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.workers = workers
         self._pool = ThreadPoolExecutor(max_jobs, thread_name_prefix="optimize")
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._heartbeat = threading.Thread(
+            target=self._beat, args=(heartbeat_seconds,), name="optimize-heartbeat", daemon=True
+        )
+        self._heartbeat.start()
 
     def submit(self, request: OptimizationRequest, data: DataSlice, total: int) -> Job:
         job = Job(id=str(uuid.uuid4()), request=request, total=total)
@@ -123,20 +142,28 @@ class JobRunner:
             job = self._jobs.get(job_id)
         if job is not None:
             return {**job.row(), "updated_at": job.updated_at}
-        return self.store.get_job(job_id)
+        row = self.store.get_job(job_id)
+        if row is not None and row["state"] not in FINAL_STATES and utcnow() - row["updated_at"] > STALE_AFTER:
+            row = {**row, "state": "failed", "error": "lost: the process running it stopped"}
+        return row
 
     def cancel(self, job_id: str) -> dict[str, Any] | None:
-        """Ask a live job to stop; returns its row (None if unknown). Finished jobs are left as they are."""
+        """Ask a job to stop; returns its row (None if unknown). Finished jobs are left as they are.
+
+        A job held by another replica is flagged in the store; that replica stops it at its next write.
+        """
         with self._lock:
             job = self._jobs.get(job_id)
         if job is None:
-            return self.store.get_job(job_id)
+            self.store.request_cancel(job_id)
+            return self.get(job_id)
         job.cancel.set()
         if job.state == "queued":
             self._finish(job, "cancelled")
         return {**job.row(), "updated_at": job.updated_at}
 
     def shutdown(self) -> None:
+        self._stopping.set()
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:
@@ -153,6 +180,7 @@ class JobRunner:
             job.done, job.total = done, total
             job.updated_at = utcnow()
             self._persist(job)
+            self._check_cancel_flag(job)
 
         try:
             result = optimize(
@@ -165,6 +193,7 @@ class JobRunner:
                 metric=request.metric,
                 maximize=request.maximize,
                 workers=self.workers,
+                chunk_size=max(1, math.ceil(job.total / (self.workers * PROGRESS_STEPS))),
                 progress=progress,
                 cancel=job.cancel,
                 on_results=job.keep,
@@ -204,6 +233,31 @@ class JobRunner:
             self.store.save_job(job.row())
         except Exception:  # progress is best effort; the live job still answers from memory
             log.exception("event=job_persist_failed job=%s", job.id)
+
+    def _check_cancel_flag(self, job: Job) -> None:
+        """Stop a job another replica asked to cancel (the flag lives in the store)."""
+        if job.state in FINAL_STATES or job.cancel.is_set():
+            return
+        try:
+            requested = self.store.cancel_requested(job.id)
+        except Exception:
+            log.exception("event=cancel_flag_unreadable job=%s", job.id)
+            return
+        if requested:
+            log.info("event=optimization_cancel_requested job=%s", job.id)
+            job.cancel.set()
+            if job.state == "queued":
+                self._finish(job, "cancelled")
+
+    def _beat(self, interval: float) -> None:
+        """Keep live rows fresh (and pick up cancel flags) even while a long chunk computes."""
+        while not self._stopping.wait(interval):
+            with self._lock:
+                live = [job for job in self._jobs.values() if job.state not in FINAL_STATES]
+            for job in live:
+                job.updated_at = utcnow()
+                self._persist(job, force=True)
+                self._check_cancel_flag(job)
 
     def _count(self) -> None:
         with self._lock:

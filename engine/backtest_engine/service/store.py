@@ -54,7 +54,10 @@ def normalize_url(url: str) -> URL:
 
 
 def _fixed_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
-    """The schema of migration 1 (metric columns are added by `_sync_metric_columns`)."""
+    """The schema as migration 1 created it, frozen; later migrations' columns are added in `Store`.
+
+    Metric columns are added by `_sync_metric_columns`.
+    """
     datasets = sa.Table(
         "datasets",
         metadata,
@@ -117,7 +120,19 @@ def _migration_1(connection: Connection) -> None:
     metadata.create_all(connection)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1,)
+def _migration_2(connection: Connection) -> None:
+    """Cancellation across replicas: any replica can flag a job; the one running it polls the flag."""
+    connection.execute(sa.text("ALTER TABLE optimizations ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
+def _later_columns(tables: dict[str, sa.Table]) -> None:
+    """Columns added by migrations after the first, so queries see the current schema."""
+    tables["optimizations"].append_column(
+        sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false())
+    )
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2)
 
 MIGRATIONS_TABLE = sa.Table(
     "schema_migrations",
@@ -196,6 +211,7 @@ class Store:
         self.datasets = tables["datasets"]
         self.backtests = tables["backtests"]
         self.optimizations = tables["optimizations"]
+        _later_columns(tables)
 
     def _create_engine(self) -> Engine:
         if self.dialect == "sqlite":
@@ -396,6 +412,24 @@ class Store:
             ).rowcount
             if not updated:
                 connection.execute(self.optimizations.insert().values(**values))
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Flag a queued or running job for cancellation; False when it is unknown or finished."""
+        table = self.optimizations
+        with self.engine.begin() as connection:
+            updated = connection.execute(
+                table.update()
+                .where(table.c.id == job_id, table.c.state.in_(("queued", "running")))
+                .values(cancel_requested=True)
+            ).rowcount
+        return bool(updated)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        with self.engine.connect() as connection:
+            flag = connection.execute(
+                sa.select(self.optimizations.c.cancel_requested).where(self.optimizations.c.id == job_id)
+            ).scalar()
+        return bool(flag)
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:

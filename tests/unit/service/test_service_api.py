@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -439,3 +440,44 @@ def test_backtest_cache_and_listing_work_when_the_store_is_each_database(make_cl
     listing = client.get("/api/v1/backtests", headers=AUTH, params={"metric": "num_trades>=0"}).json()
     assert listing["total"] == 1
     assert client.get("/api/v1/ready").json()["database"] in ("sqlite", "postgresql")
+
+
+LONG_SWEEP = {
+    "strategy": "sma_crossover",
+    "space": {"fast": list(range(2, 60)), "slow": list(range(61, 161, 5))},
+    "synthetic": {"bars": 3000, "seed": 1},
+}
+
+
+def test_optimization_is_cancelled_when_another_replica_receives_the_delete(make_client: ClientFactory):
+    holder, other = make_client(), make_client()  # two replicas on one database
+    started = holder.post("/api/v1/optimizations", headers=AUTH, json=LONG_SWEEP).json()
+    wait_for_state(holder, started["id"], {"running"})
+    assert other.get(f"/api/v1/optimizations/{started['id']}", headers=AUTH).json()["state"] == "running"
+    assert other.delete(f"/api/v1/optimizations/{started['id']}", headers=AUTH).status_code == 202
+    final = wait_for_state(holder, started["id"], {"cancelled", "succeeded", "failed"})
+    assert final["state"] == "cancelled"
+    assert wait_for_state(other, started["id"], {"cancelled"}, timeout=5)["state"] == "cancelled"
+
+
+def test_optimization_reads_as_failed_when_its_process_stopped_heartbeating(client: TestClient):
+    store = client.app.state.store
+    stale = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=5)
+    store.save_job(
+        {
+            "id": "orphan",
+            "state": "running",
+            "strategy": "macd",
+            "request": {"metric": "sharpe_ratio"},
+            "done": 3,
+            "total": 10,
+            "best": [],
+            "error": None,
+            "created_at": stale,
+        }
+    )
+    with store.engine.begin() as connection:
+        connection.execute(store.optimizations.update().values(updated_at=stale))
+    status = client.get("/api/v1/optimizations/orphan", headers=AUTH).json()
+    assert status["state"] == "failed" and status["error"].startswith("lost")
+    assert_problem(client.delete("/api/v1/optimizations/orphan", headers=AUTH), 409)

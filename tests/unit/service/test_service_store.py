@@ -10,12 +10,15 @@ import sqlalchemy as sa
 
 from backtest_engine.service.store import (
     MIGRATIONS,
+    MIGRATIONS_TABLE,
     BacktestQuery,
     MetricFilter,
     Store,
+    _migration_1,
     metric_column,
     normalize_url,
     parse_metric_filter,
+    utcnow,
 )
 
 NAMES = ("sharpe_ratio", "total_return")
@@ -198,3 +201,24 @@ def test_metric_filter_is_rejected_when_malformed(text: str):
 
 def test_metric_filter_parses_when_well_formed():
     assert parse_metric_filter(" sharpe_ratio <= -1.5 ", ["sharpe_ratio"]) == MetricFilter("sharpe_ratio", "<=", -1.5)
+
+
+def test_later_migrations_apply_when_the_database_is_at_version_one(database_url: str):
+    old = Store(database_url)
+    with old.engine.begin() as connection:  # a database created by the first release
+        MIGRATIONS_TABLE.create(connection)
+        _migration_1(connection)
+        connection.execute(MIGRATIONS_TABLE.insert().values(version=1, applied_at=utcnow()))
+    assert "cancel_requested" not in {c["name"] for c in sa.inspect(old.engine).get_columns("optimizations")}
+    old.migrate()
+    assert "cancel_requested" in {c["name"] for c in sa.inspect(old.engine).get_columns("optimizations")}
+    old.dispose()
+
+
+def test_cancel_flag_is_set_only_when_the_job_is_still_live(store: Store):
+    base = {"strategy": "macd", "request": {}, "done": 0, "total": 1, "best": [], "error": None}
+    store.save_job({**base, "id": "live", "state": "running", "created_at": datetime(2020, 1, 1)})
+    store.save_job({**base, "id": "done", "state": "succeeded", "created_at": datetime(2020, 1, 1)})
+    assert store.request_cancel("live") and store.cancel_requested("live")
+    assert not store.request_cancel("done") and not store.cancel_requested("done")
+    assert not store.request_cancel("unknown")
