@@ -15,6 +15,7 @@ hits the index and it returns the winner's row.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -217,6 +219,9 @@ class Store:
         if self.dialect == "sqlite":
             database = self.url.database or ""
             memory = database in ("", ":memory:")
+            if not memory:  # e.g. /data/results.db on a fresh volume; an unusable path shows up in /ready
+                with contextlib.suppress(OSError):
+                    Path(database).parent.mkdir(parents=True, exist_ok=True)
             engine = sa.create_engine(
                 self.url,
                 connect_args={"check_same_thread": False, "timeout": 30},

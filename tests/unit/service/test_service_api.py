@@ -46,9 +46,17 @@ def test_ready_reports_the_database_when_it_is_reachable(client: TestClient):
 
 
 def test_ready_is_503_without_internals_when_the_database_is_unreachable(make_client: ClientFactory, tmp_path):
-    client = make_client(DATABASE_URL=f"sqlite:///{tmp_path}/missing-dir/deeper/results.db")
+    (tmp_path / "a-file").write_text("not a folder")
+    client = make_client(DATABASE_URL=f"sqlite:///{tmp_path}/a-file/results.db")
     body = assert_problem(client.get("/api/v1/ready"), 503)
-    assert "missing-dir" not in body["detail"]
+    assert "a-file" not in body["detail"]
+    assert_problem(client.get("/api/v1/backtests", headers=AUTH), 503)
+
+
+def test_sqlite_folder_is_created_when_it_does_not_exist_yet(make_client: ClientFactory, tmp_path):
+    client = make_client(DATABASE_URL=f"sqlite:///{tmp_path}/fresh-volume/deeper/results.db")
+    assert client.get("/api/v1/ready").status_code == 200
+    assert (tmp_path / "fresh-volume" / "deeper" / "results.db").exists()
 
 
 def test_metrics_carry_version_and_track_labels_when_set(make_client: ClientFactory):
