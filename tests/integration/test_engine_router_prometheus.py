@@ -243,6 +243,6 @@ def test_promql_yields_the_canary_rates_and_p95_when_a_faulty_canary_serves_half
         server,
         f'sum(increase(backtest_engine_http_requests_total{{track="canary",version="v2",code="500"}}[{round(window.total_seconds())}s]))',
     )
-    assert engine_5xx == pytest.approx(errors, rel=0.1, abs=2), report
+    assert engine_5xx == pytest.approx(errors, rel=0.2, abs=2), report
     stable_5xx = server.query('sum(backtest_engine_http_requests_total{track="stable",code=~"5.."})')
     assert not stable_5xx or float(stable_5xx[0]["value"][1]) == 0

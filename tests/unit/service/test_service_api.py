@@ -241,7 +241,7 @@ def test_backtest_is_not_shared_when_execution_settings_differ(client: TestClien
     assert other.json()["id"] != first["id"]
 
 
-def test_backtest_runs_on_an_uploaded_dataset_sliced_by_dates(client: TestClient):
+def test_backtest_runs_on_the_requested_slice_when_given_a_dataset_and_dates(client: TestClient):
     dataset = client.post(
         "/api/v1/datasets", headers=AUTH, files={"file": ("a.csv", csv_bytes())}, data={"symbol": "AAA"}
     )

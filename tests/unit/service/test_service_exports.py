@@ -55,11 +55,11 @@ def test_csv_has_the_engine_trade_columns_when_exported():
     assert lines[1].startswith("2015-01-05,2015-01-09,long,")
 
 
-def test_drawdown_is_relative_to_the_running_peak():
+def test_drawdown_is_measured_from_the_running_peak_when_equity_recovers():
     assert drawdown_series([100.0, 110.0, 99.0, 120.0]) == pytest.approx([0.0, 0.0, -0.1, 0.0])
 
 
-def test_html_report_escapes_values_and_needs_no_external_resource():
+def test_html_report_escapes_values_when_they_hold_markup():
     row = stored_row("macd")
     row["params"] = {"note": "<script>alert(1)</script>"}
     page = html_report(row)
