@@ -1,7 +1,8 @@
 """API keys, kept only as SHA-256 digests and compared in constant time.
 
-The plain keys are read once from ENGINE_API_KEYS and hashed at start, so neither a heap dump nor a log
-line can reveal them; requests are matched by hashing the presented `X-API-Key` and comparing digests
+The keys are read once from ENGINE_API_KEYS and hashed at start, so neither a heap dump nor a log line
+can reveal them. An entry may also be given already hashed, as `sha256:<64 hex digits>`, so the plain
+key need not sit in the Secret at all; requests are matched by hashing the presented `X-API-Key` and comparing digests
 with `hmac.compare_digest`, against every configured key, so timing says nothing about which one matched.
 """
 
@@ -13,10 +14,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 API_KEY_HEADER = "X-API-Key"
+HASHED_PREFIX = "sha256:"
 
 
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
+
+
+def configured_digest(entry: str) -> bytes:
+    """The digest of one ENGINE_API_KEYS entry: a plain key, or `sha256:<hex>` of one."""
+    if entry.startswith(HASHED_PREFIX):
+        text = entry.removeprefix(HASHED_PREFIX)
+        try:
+            value = bytes.fromhex(text)
+        except ValueError:
+            value = b""
+        if len(value) != hashlib.sha256().digest_size:
+            raise ValueError("a hashed API key must be sha256: followed by 64 hex digits")
+        return value
+    return digest(entry)
 
 
 @dataclass(frozen=True)
@@ -30,7 +46,7 @@ class KeyRing:
     """The configured keys as digests; an empty ring means authentication is disabled."""
 
     def __init__(self, keys: Iterable[str]) -> None:
-        self._digests = tuple(digest(key) for key in keys if key)
+        self._digests = tuple(configured_digest(key) for key in keys if key)
 
     @property
     def enabled(self) -> bool:

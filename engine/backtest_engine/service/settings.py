@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backtest_engine import __version__
+from backtest_engine.service.auth import configured_digest
 
 DEFAULT_DATABASE_URL = "sqlite:///./backtest-results.db"
 
@@ -25,7 +26,7 @@ class ServiceSettings(BaseSettings):
 
     api_keys: str = Field(
         default="",
-        description="comma-separated API keys; empty disables authentication (logged as a warning)",
+        description="comma-separated API keys (plain, or sha256:<hex>); empty disables authentication",
     )
     database_url: str = Field(
         default=DEFAULT_DATABASE_URL,
@@ -42,6 +43,14 @@ class ServiceSettings(BaseSettings):
     rate_limit: int = Field(default=600, ge=1, description="requests per minute per API key")
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="largest dataset upload")
     max_jobs: int = Field(default=2, ge=1, le=64, description="optimization jobs running at once")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed_keys_well_formed(cls, value: str) -> str:
+        for entry in (key.strip() for key in value.split(",")):
+            if entry.startswith("sha256:"):
+                configured_digest(entry)
+        return value
 
     @property
     def keys(self) -> tuple[str, ...]:

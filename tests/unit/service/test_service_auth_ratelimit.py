@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+
+import pytest
+from pydantic import ValidationError
+
 from backtest_engine.service.auth import KeyRing, digest
 from backtest_engine.service.ratelimit import RateLimiter
+from backtest_engine.service.settings import ServiceSettings
 
 
 class FakeClock:
@@ -73,3 +79,15 @@ def test_bucket_memory_stays_bounded_when_many_keys_appear():
         limiter.take(f"k{i}")
         clock.now += 10  # each bucket is full again by the time the next key arrives
     assert len(limiter._buckets) <= 101
+
+
+def test_keyring_accepts_a_key_when_configured_only_by_its_sha256():
+    hashed = "sha256:" + hashlib.sha256(b"the-real-key").hexdigest()
+    ring = KeyRing([hashed])
+    assert ring.authenticate("the-real-key") is not None
+    assert ring.authenticate(hashed) is None
+
+
+def test_settings_refuse_a_hashed_key_when_it_is_malformed():
+    with pytest.raises(ValidationError, match="64 hex digits"):
+        ServiceSettings(api_keys="sha256:abc")
