@@ -118,7 +118,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.jobs = jobs
 
-    def principal(request: Request, api_key: Annotated[str | None, Security(API_KEY)]) -> Principal:
+    async def principal(request: Request, api_key: Annotated[str | None, Security(API_KEY)]) -> Principal:
+        """Authenticate and take a rate-limit token; async because it never blocks (no thread hop)."""
         who = keyring.authenticate(api_key)
         if who is None:
             detail = "missing API key" if not api_key else "invalid API key"
