@@ -258,21 +258,23 @@ def optimize(
             pending: dict[Future[list[dict[str, float]]], list[dict[str, Any]]] = {
                 pool.submit(_evaluate_chunk, chunk): chunk for chunk in chunks
             }
-            while pending:
-                finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    chunk = pending.pop(future)
-                    if future.cancelled():
-                        continue
-                    done_values.extend(future.result())
-                    done_params.extend(chunk)
-                    if progress:
-                        progress(len(done_params), total)
-                if cancel.is_set():
-                    for future in pending:
-                        future.cancel()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    break
+            try:
+                while pending:
+                    finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        chunk = pending.pop(future)
+                        if future.cancelled():
+                            continue
+                        done_values.extend(future.result())
+                        done_params.extend(chunk)
+                        if progress:
+                            progress(len(done_params), total)
+                    if cancel.is_set():
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        break
+            except BaseException:  # Ctrl-C or a failing chunk: drop the queued work before leaving
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     ranked = _rank(strategy, metric, maximize, done_params, done_values)
     return OptimizationResult(strategy, metric, maximize, ranked, total, cancelled=len(done_params) < total)
 
