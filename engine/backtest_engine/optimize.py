@@ -33,6 +33,7 @@ from backtest_engine.strategies import generate_signals, get_strategy, validate_
 
 SUMMARY_METRICS = ("total_return", "cagr", "sharpe_ratio", "max_drawdown", "num_trades", "win_rate")
 ProgressCallback = Callable[[int, int], None]
+MAX_CHUNK = 16  # parameter sets per task sent to a worker
 
 
 @dataclass
@@ -233,7 +234,9 @@ def optimize(
     total = len(candidates)
     cancel = cancel or threading.Event()
     workers = max(1, min(workers or os.cpu_count() or 1, total or 1))
-    size = chunk_size or max(1, math.ceil(total / (workers * 4)))
+    # Small chunks keep progress fine-grained and cancellation prompt; they cost little, because the
+    # indicator memo lives in the worker process, not in the chunk.
+    size = chunk_size or min(MAX_CHUNK, max(1, math.ceil(total / (workers * 8))))
     chunks = [candidates[i : i + size] for i in range(0, total, size)]
     done_params: list[dict[str, Any]] = []
     done_values: list[dict[str, float]] = []
