@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import heapq
 import logging
-import math
 import threading
 import time
 import uuid
@@ -34,7 +33,6 @@ log = logging.getLogger("backtest_engine.service.jobs")
 TOP = 10
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 HEARTBEAT_SECONDS = 10.0
-PROGRESS_STEPS = 20  # chunks per worker: finer progress and cancellation than the library's default 4
 STALE_AFTER = timedelta(seconds=60)
 
 
@@ -193,7 +191,6 @@ class JobRunner:
                 metric=request.metric,
                 maximize=request.maximize,
                 workers=self.workers,
-                chunk_size=max(1, math.ceil(job.total / (self.workers * PROGRESS_STEPS))),
                 progress=progress,
                 cancel=job.cancel,
                 on_results=job.keep,
