@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status bench-router bench-operator e2e
+.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status \
+	bench-router bench-engine bench-operator engine-docs e2e
 
 setup: $(STAMP)
 
@@ -32,11 +33,14 @@ lint: setup
 crds: setup
 	$(BIN)/python -m backtest_operator.crd > crds/backtest.dev_backtestservices.yaml
 
-## System packages the tests need (Prometheus from Debian); skipped when already installed.
+## System packages the tests need (Prometheus and PostgreSQL from Debian); skipped when already installed.
 deps-system:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing the Debian package prometheus"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+	@{ ls /usr/lib/postgresql/*/bin/initdb && ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || { \
+	  echo "installing the Debian package postgresql"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
 
 ## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok once (cached by version).
 cluster-build: setup
@@ -67,3 +71,13 @@ e2e: setup deps-system cluster-build
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## Engine benchmarks against backtesting.py (single run) and vectorbt (sweep); not part of `make test`.
+bench-engine: setup
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/engine_vs_backtestingpy.py | tee bench/results/engine_vs_backtestingpy.txt
+	$(BIN)/python bench/sweep_vs_vectorbt.py | tee bench/results/sweep_vs_vectorbt.txt
+
+## Regenerate docs/metrics.md from the metric registry (a test fails when it is stale).
+engine-docs: setup
+	$(BIN)/python -m backtest_engine.metrics.reference > docs/metrics.md

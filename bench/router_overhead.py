@@ -62,9 +62,7 @@ def start_upstream(name: str) -> tuple[str, subprocess.Popen[bytes]]:
     return url, proc
 
 
-def start_router(
-    stable: str, canary: str, weight_file: Path, *extra: str
-) -> tuple[str, subprocess.Popen[bytes]]:
+def start_router(stable: str, canary: str, weight_file: Path, *extra: str) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     proc = start(
         [
@@ -251,9 +249,7 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
         stop = asyncio.Event()
         applied: list[int] = []
         flipper = asyncio.create_task(flip_weights(weight, stop, opts.flip_every, applied))
-        flips = await open_loop(
-            main_router + "/x", opts.rate, opts.flip_seconds, watch_header="x-backtest-track"
-        )
+        flips = await open_loop(main_router + "/x", opts.rate, opts.flip_seconds, watch_header="x-backtest-track")
         stop.set()
         await flipper
         async with httpx.AsyncClient() as client:

@@ -30,6 +30,7 @@ from backtest_devtools import build
 from backtest_devtools.cluster import ClusterInfo, LocalCluster
 from backtest_devtools.config import REPO_ROOT, Settings, load_settings
 from backtest_devtools.errors import DevtoolsError
+from backtest_devtools.postgres import PostgresServer
 from backtest_devtools.prometheus import PrometheusServer, ScrapeJob
 
 CRD_DIR = REPO_ROOT / "crds"
@@ -212,3 +213,22 @@ def _progress(config: pytest.Config) -> Callable[[str], None]:
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     for line in config.stash.get(_KEPT_LOGS, []):
         terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(request: pytest.FixtureRequest) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests marked `postgres`)."""
+    try:
+        server = PostgresServer().start()
+    except DevtoolsError as error:
+        pytest.fail(str(error))
+    try:
+        yield server
+    finally:
+        server.stop(keep=bool(request.session.testsfailed))
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database(f"test_{uuid.uuid4().hex[:12]}")

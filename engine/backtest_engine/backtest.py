@@ -109,7 +109,9 @@ def trades_frame(sim: Simulation, index: pd.DatetimeIndex) -> pd.DataFrame:
         {
             "entry_time": index[sim.entry_bar],
             "exit_time": index[sim.exit_bar],
-            "direction": np.where(sim.direction > 0, "long", "short"),
+            "direction": pd.Categorical.from_codes(
+                (sim.direction > 0).astype(np.int8), pd.Index(["short", "long"])
+            ),
             "size": sim.size,
             "entry_price": sim.entry_price,
             "exit_price": sim.exit_price,
@@ -117,11 +119,11 @@ def trades_frame(sim: Simulation, index: pd.DatetimeIndex) -> pd.DataFrame:
             "return": returns,
             "fees": sim.fees,
             "bars_held": sim.exit_bar - sim.entry_bar,
-            "exit_reason": np.asarray(EXIT_REASONS, dtype=object)[sim.exit_reason],
+            "exit_reason": pd.Categorical.from_codes(sim.exit_reason, pd.Index(list(EXIT_REASONS))),
         },
         columns=TRADE_COLUMNS,
     )
-    return frame.astype({"direction": "str", "exit_reason": "str"})
+    return frame
 
 
 def metric_context(

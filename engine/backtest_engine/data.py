@@ -36,7 +36,14 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
     """
     if not isinstance(frame, pd.DataFrame):
         raise InvalidData("expected a pandas DataFrame")
-    df = frame.rename(columns={c: str(c).strip().lower() for c in frame.columns})
+    # A frame already in normal form (e.g. validated before) is checked without being copied.
+    normal = (
+        list(frame.columns) == list(OHLCV_COLUMNS)
+        and isinstance(frame.index, pd.DatetimeIndex)
+        and frame.index.name == "time"
+        and all(dtype == np.float64 for dtype in frame.dtypes)
+    )
+    df = frame if normal else frame.rename(columns={c: str(c).strip().lower() for c in frame.columns})
     time_column = next((c for c in TIME_COLUMN_ALIASES if c in df.columns), None)
     if time_column is not None:
         df = df.set_index(time_column)
@@ -57,15 +64,17 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
     for column in OHLCV_COLUMNS:
         series = df[column]
         if series.dtype == np.float64:
-            array = series.to_numpy(dtype=np.float64, copy=True)
+            array = series.to_numpy(dtype=np.float64, copy=not normal)
         else:
             array = np.asarray(pd.to_numeric(series, errors="coerce"), dtype=np.float64)
-        bad = ~np.isfinite(array)
-        if bad.any():
-            row = _first_bad_row(bad)
-            raise InvalidData(f"{column} is missing or not a finite number {index[row]}", row=row)
         values[column] = array
-    out = pd.DataFrame(values, index=index)
+    if not np.isfinite(sum(values.values())).all():  # NaN and infinity propagate through the sum
+        for column, array in values.items():
+            bad = ~np.isfinite(array)
+            if bad.any():
+                row = _first_bad_row(bad)
+                raise InvalidData(f"{column} is missing or not a finite number {index[row]}", row=row)
+    out = frame if normal else pd.DataFrame(values, index=index)
     out.index.name = "time"
     steps = np.diff(index.asi8)
     if (steps <= 0).any():
@@ -73,6 +82,10 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
         kind = "duplicate" if steps[row - 1] == 0 else "out-of-order"
         raise InvalidData(f"{kind} timestamp {_describe_row(out, row)}", row=row)
     o, h, low, c, v = (values[k] for k in OHLCV_COLUMNS)
+    # One combined test first (valid data is the common case); the detailed checks below only run to
+    # find and name the first offending row. Positive lows with a consistent range imply positive prices.
+    if ((low > 0) & (h >= np.maximum(o, c)) & (low <= np.minimum(o, c)) & (v >= 0)).all():
+        return out
     checks: list[tuple[np.ndarray, str]] = [
         ((o <= 0) | (h <= 0) | (low <= 0) | (c <= 0), "prices must be positive"),
         (h < np.maximum(o, c), "high is below max(open, close)"),

@@ -177,18 +177,61 @@ def _size_trades(
     # Whole lots make each trade's size depend on the equity the previous trades left: a loop over trades
     # (not bars), on plain floats. The per-unit result of every trade does not depend on its size.
     lot = float(config.lot_size)
-    per_unit = (direction * (exit_price - entry_price) - c * (entry_price + exit_price)).tolist()
+    change_per_unit = direction * (exit_price - entry_price) - c * (entry_price + exit_price)
     units: list[float] = []
-    available: list[float] = []
+    keep = units.append
     equity = config.cash
-    for cost, change in zip(cost_per_unit.tolist(), per_unit, strict=True):
-        available.append(equity)
-        # floor division matches how whole-unit brokers (and backtesting.py) size "all equity" orders
-        u = (equity * f) // cost if lot == 1.0 else math.floor((equity * f) / cost / lot) * lot
-        u = max(u, 0.0)
-        units.append(u)
+    for cost, change in zip(cost_per_unit.tolist(), change_per_unit.tolist(), strict=True):
+        if equity <= 0.0:  # ruined: nothing left to trade with
+            u = 0.0
+        elif lot == 1.0:  # floor division, as whole-unit brokers (and backtesting.py) size "all equity"
+            u = (equity * f) // cost
+        else:
+            u = math.floor((equity * f) / cost / lot) * lot
+        keep(u)
         equity += u * change
-    return np.asarray(units, dtype=np.float64), np.asarray(available, dtype=np.float64)
+    sized = np.asarray(units, dtype=np.float64)
+    # The same additions in the same order as the loop, so the equities are bit-identical to it.
+    available = np.cumsum(np.concatenate(([config.cash], sized * change_per_unit)))[:-1]
+    return sized, available
+
+
+def _per_bar_state(
+    *,
+    n: int,
+    initial_cash: float,
+    starts: IntArray,
+    exit_bar: IntArray,
+    cash_in_trade: FloatArray,
+    signed_units: FloatArray,
+    equity_after: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Cash and units held at every bar's close, expanded from the trade events in one pass.
+
+    Events: a trade's entry (cash after paying, units) on its entry bar, if it is still open at that
+    bar's close, and its exit (cash after selling, no units) on its exit bar. On a bar with several
+    events the latest wins: a reversal's entry follows the previous trade's exit at the same open.
+    """
+    if starts.size == 0:
+        return np.full(n, initial_cash), np.zeros(n)
+    held = exit_bar > starts
+    trade = np.arange(starts.size)
+    bars = np.concatenate((starts[held], exit_bar))
+    order_key = np.concatenate((2 * trade[held], 2 * trade + 1))  # entry of trade k, then its exit
+    cash_values = np.concatenate((cash_in_trade[held], equity_after))
+    unit_values = np.concatenate((signed_units[held], np.zeros(exit_bar.size)))
+    order = np.lexsort((order_key, bars))
+    bars, cash_values, unit_values = bars[order], cash_values[order], unit_values[order]
+    last_of_bar = np.append(bars[1:] != bars[:-1], True)
+    bars, cash_values, unit_values = bars[last_of_bar], cash_values[last_of_bar], unit_values[last_of_bar]
+    first = int(bars[0])
+    lengths = np.diff(np.append(bars, n))
+    cash = np.empty(n)
+    cash[:first] = initial_cash
+    cash[first:] = np.repeat(cash_values, lengths)
+    units = np.zeros(n)
+    units[first:] = np.repeat(unit_values, lengths)
+    return cash, units
 
 
 def simulate(
@@ -237,25 +280,15 @@ def simulate(
     cash_in_trade = equity_before - direction * units * entry_price - units * entry_price * c
     signed_units = direction * units
 
-    # Cash and units change only at trade events; each bar takes the state of the last event at or
-    # before it. Later writes win, so a reversal's entry overrides the previous trade's exit on that bar.
-    cash_level = np.empty(n)
-    unit_level = np.empty(n)
-    last_event = np.zeros(n, dtype=np.int64)
-    cash_level[0], unit_level[0] = config.cash, 0.0  # no trade can fill on the first bar
-    cash_level[exit_bar] = equity_after
-    unit_level[exit_bar] = 0.0
-    last_event[exit_bar] = exit_bar
-    held = exit_bar > starts
-    cash_level[starts[held]] = cash_in_trade[held]
-    unit_level[starts[held]] = signed_units[held]
-    last_event[starts[held]] = starts[held]
-    flash = ~held  # trades opened and closed within one bar: their exit is the bar's last state
-    cash_level[exit_bar[flash]] = equity_after[flash]
-    unit_level[exit_bar[flash]] = 0.0
-    np.maximum.accumulate(last_event, out=last_event)
-    cash = cash_level[last_event]
-    units_per_bar = unit_level[last_event]
+    cash, units_per_bar = _per_bar_state(
+        n=n,
+        initial_cash=config.cash,
+        starts=starts,
+        exit_bar=exit_bar,
+        cash_in_trade=cash_in_trade,
+        signed_units=signed_units,
+        equity_after=equity_after,
+    )
     equity = units_per_bar * close
     equity += cash
     return Simulation(

@@ -9,16 +9,18 @@ process, which is how sweeps stay fast without compiling anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import lfilter
 
 FloatArray = npt.NDArray[np.float64]
-IntArrayLike = npt.NDArray[np.int64]
+IntArray = npt.NDArray[np.int64]
 
 
 def sma(values: FloatArray, period: int) -> FloatArray:
@@ -41,11 +43,13 @@ def sma(values: FloatArray, period: int) -> FloatArray:
 
 
 def rolling_std(values: FloatArray, period: int) -> FloatArray:
-    """Population standard deviation over the last `period` values (Bollinger's convention)."""
-    mean = sma(values, period)
-    mean_sq = sma((values - values[0]) ** 2, period)
-    var = mean_sq - (mean - values[0]) ** 2
-    return np.asarray(np.sqrt(np.maximum(var, 0.0)), dtype=np.float64)
+    """Population standard deviation over the last `period` values (Bollinger's convention).
+
+    pandas' rolling kernel updates the variance online, which stays accurate where the cumulative-sum
+    shortcut (E[x^2] - E[x]^2) loses digits: small windows on large price levels.
+    """
+    out = pd.Series(values).rolling(period).std(ddof=0).to_numpy(dtype=np.float64)
+    return np.asarray(np.maximum(out, 0.0), dtype=np.float64)
 
 
 def ewm(values: FloatArray, alpha: float, warmup: int) -> FloatArray:
@@ -114,13 +118,6 @@ def true_range(high: FloatArray, low: FloatArray, close: FloatArray) -> FloatArr
     return np.maximum(high, prev) - np.minimum(low, prev)
 
 
-def crosses_above(a: FloatArray, b: FloatArray) -> npt.NDArray[np.bool_]:
-    """True at t when a[t-1] < b[t-1] and a[t] > b[t] (strict, like backtesting.py's `crossover`)."""
-    out = np.zeros(a.size, dtype=bool)
-    out[1:] = (a[:-1] < b[:-1]) & (a[1:] > b[1:])
-    return out
-
-
 def hold_from_events(events: FloatArray) -> FloatArray:
     """Forward-fill a sparse event array (NaN = no event) into a position target; flat before the first."""
     if np.isnan(events[0]):
@@ -129,6 +126,15 @@ def hold_from_events(events: FloatArray) -> FloatArray:
     index = np.where(np.isnan(events), 0, np.arange(events.size))
     np.maximum.accumulate(index, out=index)
     return events[index]
+
+
+def hold_sparse_events(bars: IntArray, values: FloatArray, size: int) -> FloatArray:
+    """Like `hold_from_events`, for events given as sorted bar positions and values: one pass to expand."""
+    out = np.zeros(size)
+    if bars.size:
+        lengths = np.diff(np.append(bars, size))
+        out[bars[0] :] = np.repeat(values, lengths)
+    return out
 
 
 @dataclass
@@ -146,13 +152,27 @@ class Bars:
     def size(self) -> int:
         return int(self.close.size)
 
-    def _cached(self, key: tuple[Any, ...], compute: Any) -> FloatArray:
+    def _cached(self, key: tuple[Any, ...], compute: Callable[[], FloatArray]) -> FloatArray:
         if key not in self._memo:
             self._memo[key] = compute()
         return self._memo[key]
 
     def sma(self, period: int) -> FloatArray:
-        return self._cached(("sma", period), lambda: sma(self.close, period))
+        return self._cached(("sma", period), lambda: self._sma_from_cumsum(period))
+
+    def _sma_from_cumsum(self, period: int) -> FloatArray:
+        """SMA of the close from one shared cumulative sum: a sweep over many windows pays for it once."""
+        close = self.close
+        out = np.full(close.size, np.nan)
+        if period > close.size:
+            return out
+        base = float(close[0])
+        csum = self._cached(("close_cumsum",), lambda: np.cumsum(close - base))
+        out[period - 1] = csum[period - 1] / period
+        np.subtract(csum[period:], csum[:-period], out=out[period:])
+        out[period:] /= period
+        out += base
+        return out
 
     def ema(self, period: int) -> FloatArray:
         return self._cached(("ema", period), lambda: ema(self.close, period))

@@ -33,6 +33,7 @@ from backtest_engine.strategies import generate_signals, get_strategy, validate_
 
 SUMMARY_METRICS = ("total_return", "cagr", "sharpe_ratio", "max_drawdown", "num_trades", "win_rate")
 ProgressCallback = Callable[[int, int], None]
+ResultsCallback = Callable[[list[dict[str, Any]], list[dict[str, float]]], None]
 
 
 @dataclass
@@ -138,7 +139,11 @@ class _Job:
     periods_per_year: float
     risk_free_rate: float
     metrics: tuple[str, ...]
-    extra: dict[str, Any] = field(default_factory=dict)
+    benchmark_returns: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        close = self.bars.close  # buy and hold, computed once for every parameter set
+        self.benchmark_returns = np.concatenate(([0.0], close[1:] / close[:-1] - 1.0))
 
 
 _WORKER_JOB: _Job | None = None
@@ -161,6 +166,7 @@ def _evaluate(job: _Job, params: dict[str, Any]) -> dict[str, float]:
         job.periods_per_year,
         risk_free_rate=job.risk_free_rate,
         structure=signals.structure,
+        benchmark_returns=job.benchmark_returns,
     )
     return compute_metrics(context, job.metrics)
 
@@ -195,6 +201,7 @@ def optimize(
     chunk_size: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
+    on_results: ResultsCallback | None = None,
     cash: float = 10_000.0,
     commission: float = 0.0,
     slippage_bps: float = 0.0,
@@ -209,7 +216,9 @@ def optimize(
     """Evaluate a strategy over a parameter space and rank the sets by `metric` (best first).
 
     `method` is "grid" (every combination) or "random" (`samples` distinct combinations, seeded).
-    `workers=1` evaluates in this process; `None` uses every CPU core.
+    `workers=1` evaluates in this process; `None` uses every CPU core. `on_results`, if given, receives
+    each finished chunk's parameter sets and their metrics (before `progress`), so a caller can show the
+    best results so far while the search runs.
     """
     if metric not in metric_names():
         raise InvalidParameter(f"unknown metric; choose one of {', '.join(metric_names())}", name="metric")
@@ -239,8 +248,11 @@ def optimize(
         for chunk in chunks:
             if cancel.is_set():
                 break
-            done_values.extend(_evaluate_chunk(chunk))
+            values = _evaluate_chunk(chunk)
+            done_values.extend(values)
             done_params.extend(chunk)
+            if on_results:
+                on_results(chunk, values)
             if progress:
                 progress(len(done_params), total)
     else:
@@ -259,8 +271,11 @@ def optimize(
                     chunk = pending.pop(future)
                     if future.cancelled():
                         continue
-                    done_values.extend(future.result())
+                    values = future.result()
+                    done_values.extend(values)
                     done_params.extend(chunk)
+                    if on_results:
+                        on_results(chunk, values)
                     if progress:
                         progress(len(done_params), total)
                 if cancel.is_set():

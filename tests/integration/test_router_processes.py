@@ -3,83 +3,16 @@ clients observed, request by request (METRICS.md: one request, one story)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-UPSTREAM_SCRIPT = Path(__file__).resolve().parents[1] / "support" / "upstream.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=0.5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} not ready after {deadline_seconds}s")
-
-
-@dataclass
-class Process:
-    url: str
-    proc: subprocess.Popen[bytes]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def start_upstream(name: str, **env: str) -> Process:
-    port = free_port()
-    full_env = {**os.environ, "UPSTREAM_NAME": name, **env}
-    proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), "--port", str(port)], env=full_env)
-    process = Process(f"http://127.0.0.1:{port}", proc)
-    try:
-        wait_ready(process.url + "/_stats", proc)
-    except Exception:
-        process.stop()
-        raise
-    return process
-
-
-def start_router(stable: str, canary: str, weight_file: Path, *extra: str) -> Process:
-    port = free_port()
-    args = [sys.executable, "-m", "backtest_engine.router", "--stable", stable, "--canary", canary]
-    args += ["--weight-file", str(weight_file), "--port", str(port), "--host", "127.0.0.1", *extra]
-    proc = subprocess.Popen(args)
-    process = Process(f"http://127.0.0.1:{port}", proc)
-    try:
-        wait_ready(process.url + "/router/health", proc)
-    except Exception:
-        process.stop()
-        raise
-    return process
+from tests.support.processes import Process, free_port, start_router, start_upstream
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +196,22 @@ def test_request_is_replayed_intact_when_canary_fails_an_idempotent_put(stable, 
     requests, fallbacks = counters(router)
     assert requests == Counter({("canary", "500"): 1, ("stable", "200"): 1})
     assert fallbacks == Counter({"status": 1})
+
+
+def test_own_endpoints_answer_when_called_and_are_not_proxied(stable, processes, tmp_path):
+    weight = tmp_path / "weight"
+    weight.write_text("0")
+    router = start_router(stable.url, stable.url, weight, "--latency-objective", "0.5", "--canary-timeout", "1")
+    processes.append(router)
+    before = stats(stable)["total"]
+    with httpx.Client(base_url=router.url) as client:
+        assert client.get("/router/health").json() == {"status": "ok"}
+        state = client.get("/router/state").json()
+        assert state["upstreams"]["canary"]["timeout_seconds"] == 1.0
+        assert state["latency_objective_seconds"] == 0.5
+        assert client.get("/router/nothing").status_code == 404
+        assert client.post("/metrics").status_code == 405
+        metrics = client.get("/metrics").text
+    assert 'backtest_router_request_duration_seconds_bucket{le="0.5",track="canary"} 0.0' in metrics
+    assert "backtest_router_weight 0.0" in metrics
+    assert stats(stable)["total"] == before  # nothing reached an upstream

@@ -2,7 +2,8 @@
 
 The benchmark is buying and holding the traded instrument unless the caller passes other returns. Alpha
 and beta follow empyrical: beta = cov / var (population), alpha = (1 + mean(r - beta * b))^P - 1.
-Rolling statistics use a window of round(P / 4) bars (a quarter), at least 2.
+Rolling statistics use windows of round(P / 4) bars (a quarter, at least 2) ending every
+max(1, window // 20) bars and on the last bar.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _rolling_sharpe(c: MetricContext) -> np.ndarray:
     unit="fraction",
 )
 def benchmark_return(c: MetricContext) -> float:
-    return float(np.prod(1.0 + c.benchmark_returns) - 1.0)
+    return float(np.exp(np.sum(c.benchmark_log_returns)) - 1.0)
 
 
 @metric("excess_return", "advanced", "Total return minus the benchmark's total return.", unit="fraction")
@@ -59,7 +60,9 @@ def beta(c: MetricContext) -> float:
 
 @metric("correlation", "advanced", "Pearson correlation of per-bar returns with the benchmark's.")
 def correlation(c: MetricContext) -> float:
-    return pearson(c.returns, c.benchmark_returns)
+    own_variance = c.moments[1] ** 2 * (c.returns.size - 1) / c.returns.size  # population variance
+    denominator = float(np.sqrt(own_variance * c.benchmark_variance))
+    return c.covariance_with_benchmark / denominator if denominator > 0 else float("nan")
 
 
 @metric(
@@ -69,16 +72,15 @@ def correlation(c: MetricContext) -> float:
     unit="fraction",
 )
 def tracking_error(c: MetricContext) -> float:
-    return float(np.std(c.returns - c.benchmark_returns, ddof=1) * np.sqrt(c.periods_per_year))
+    return c.active_mean_std[1] * float(np.sqrt(c.periods_per_year))
 
 
 @metric(
     "information_ratio", "advanced", "Mean active return over its standard deviation (ddof=1), times sqrt(P)."
 )
 def information_ratio(c: MetricContext) -> float:
-    active = c.returns - c.benchmark_returns
-    std = float(np.std(active, ddof=1))
-    return float(np.mean(active) / std * np.sqrt(c.periods_per_year)) if std > 0 else float("nan")
+    mean, std = c.active_mean_std
+    return mean / std * float(np.sqrt(c.periods_per_year)) if std > 0 else float("nan")
 
 
 @metric("treynor_ratio", "advanced", "(CAGR - risk-free rate) divided by beta.")
@@ -98,9 +100,11 @@ def up_capture(c: MetricContext) -> float:
 def _capture(c: MetricContext, bars: np.ndarray) -> float:
     """CAGR of the run over CAGR of the benchmark, both compounded over the selected bars only."""
     years = float(np.count_nonzero(bars)) / c.periods_per_year
+    # growth over the selected bars = exp(sum of their log returns): a masked inner product, which is
+    # several times faster on a million bars than boolean indexing or np.where
     selected = bars.astype(np.float64)
     mine = cagr_from_growth(float(np.exp(dot(c.log_returns, selected))), years)
-    theirs = cagr_from_growth(float(np.exp(dot(np.log1p(c.benchmark_returns), selected))), years)
+    theirs = cagr_from_growth(float(np.exp(dot(c.benchmark_log_returns, selected))), years)
     return mine / theirs
 
 
@@ -133,10 +137,11 @@ def omega_ratio(c: MetricContext) -> float:
 def stability(c: MetricContext) -> float:
     y = np.cumsum(c.log_returns)
     n = y.size
-    t = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
-    y_centred = y - y.mean()
-    sty, syy = float(dot(t, y_centred)), float(dot(y_centred, y_centred))
-    stt = n * (n * n - 1) / 12.0  # sum of squared centred time indices
+    mean_y = float(np.mean(y))
+    y -= mean_y  # centring y is enough: the time axis is centred analytically below
+    sty = dot(np.arange(n, dtype=np.float64), y)  # = sum((t - mean t) * (y - mean y)) since sum(y) = 0
+    syy = dot(y, y)
+    stt = n * (n * n - 1) / 12.0  # sum of squared centred time indices 0..n-1
     return sty * sty / (stt * syy) if syy > 0 else float("nan")
 
 
@@ -164,7 +169,9 @@ def probabilistic_sharpe_ratio(c: MetricContext) -> float:
 
 
 @metric(
-    "rolling_sharpe_mean", "advanced", "Mean of the quarterly rolling Sharpe ratio (window round(P / 4))."
+    "rolling_sharpe_mean",
+    "advanced",
+    "Mean of the quarterly rolling Sharpe ratio (window round(P / 4) bars, see conventions).",
 )
 def rolling_sharpe_mean(c: MetricContext) -> float:
     values = _rolling_sharpe(c)

@@ -68,14 +68,21 @@ class MetricContext:
 
     @cached_property
     def excess_returns(self) -> FloatArray:
+        if self.risk_free_per_period == 0.0:
+            return self.returns  # the common case: no copy
         return self.returns - self.risk_free_per_period
+
+    @cached_property
+    def peak(self) -> FloatArray:
+        """Running maximum of equity, starting from the initial cash."""
+        peak = np.maximum.accumulate(self.equity)
+        np.maximum(peak, self.initial_cash, out=peak)
+        return peak
 
     @cached_property
     def drawdown(self) -> FloatArray:
         """Per-bar drawdown as a non-positive fraction of the running equity peak (initial cash included)."""
-        drawdown = np.maximum.accumulate(self.equity)
-        np.maximum(drawdown, self.initial_cash, out=drawdown)
-        np.divide(self.equity, drawdown, out=drawdown)
+        drawdown = np.divide(self.equity, self.peak)
         drawdown -= 1.0
         if not np.isfinite(drawdown).all():
             drawdown[~np.isfinite(drawdown)] = 0.0
@@ -142,7 +149,12 @@ class MetricContext:
 
     @cached_property
     def rolling_mean_std(self) -> tuple[FloatArray, FloatArray]:
-        """Rolling mean and standard deviation (ddof=1) of returns over round(P / 4) bars (at least 2)."""
+        """Mean and standard deviation (ddof=1) of returns over rolling windows of round(P / 4) bars.
+
+        Windows end every max(1, window // 20) bars (and on the last bar): consecutive windows overlap by
+        95% or more, so the sampled statistics describe the rolling series while costing only the two
+        cumulative sums, not a dozen passes over every bar.
+        """
         window = max(2, round(self.periods_per_year / 4))
         values = self.returns
         if values.size < window:
@@ -152,20 +164,15 @@ class MetricContext:
         s1 = np.cumsum(centred)
         np.multiply(centred, centred, out=centred)
         s2 = np.cumsum(centred)
-        count = values.size - window + 1
-        total1, total2 = np.empty(count), np.empty(count)
-        total1[0], total2[0] = s1[window - 1], s2[window - 1]
-        np.subtract(s1[window:], s1[:-window], out=total1[1:])
-        np.subtract(s2[window:], s2[:-window], out=total2[1:])
-        total1 /= window  # now the centred rolling mean
-        np.multiply(total1, total1, out=s1[:count])
-        s1[:count] *= window
-        total2 -= s1[:count]
-        np.maximum(total2, 0.0, out=total2)
-        total2 /= window - 1
-        np.sqrt(total2, out=total2)
-        total1 += centre
-        return total1, total2
+        last = np.arange(window - 1, values.size, max(1, window // 20))  # last bar of each window
+        if last[-1] != values.size - 1:
+            last = np.append(last, values.size - 1)
+        before = last - window  # bar just before each window; -1 for the first window of the data
+        total1 = s1[last] - np.where(before >= 0, s1[before], 0.0)
+        total2 = s2[last] - np.where(before >= 0, s2[before], 0.0)
+        mean = total1 / window
+        variance = np.maximum(total2 - total1 * mean, 0.0) / (window - 1)
+        return mean + centre, np.sqrt(variance)
 
     @cached_property
     def rolling_sharpe(self) -> FloatArray:
@@ -182,17 +189,50 @@ class MetricContext:
         return np.log1p(self.returns)
 
     @cached_property
+    def benchmark_log_returns(self) -> FloatArray:
+        return np.log1p(self.benchmark_returns)
+
+    @cached_property
+    def active_mean_std(self) -> tuple[float, float]:
+        """Mean and standard deviation (ddof=1) of active returns (run minus benchmark)."""
+        active = self.returns - self.benchmark_returns
+        mean = float(np.mean(active))
+        active -= mean
+        std = float(np.sqrt(dot(active, active) / (active.size - 1))) if active.size > 1 else 0.0
+        return mean, std
+
+    @cached_property
     def alpha_beta(self) -> tuple[float, float]:
         """CAPM alpha (annualized, empyrical's convention) and beta of excess returns on the benchmark's."""
-        r = self.excess_returns
-        b = self.benchmark_returns - self.risk_free_per_period
-        b_centred = b - b.mean()
-        variance = float(dot(b_centred, b_centred)) / b.size
+        # Subtracting the risk-free rate shifts both series by a constant: beta is unchanged.
+        variance, covariance = self.benchmark_variance, self.covariance_with_benchmark
         if variance <= 0:
             return float("nan"), float("nan")
-        beta = float(dot(r - r.mean(), b_centred)) / b.size / variance
-        alpha = float((np.mean(r) - beta * np.mean(b) + 1.0) ** self.periods_per_year - 1.0)
+        beta = covariance / variance
+        rf = self.risk_free_per_period
+        excess_mean = self.moments[0] - rf - beta * (float(self.benchmark_centred_mean[1]) - rf)
+        if excess_mean <= -1.0:  # a mean loss of 100% per bar or worse: no real annualized value
+            return float("nan"), beta
+        alpha = float((excess_mean + 1.0) ** self.periods_per_year - 1.0)
         return alpha, beta
+
+    @cached_property
+    def benchmark_centred_mean(self) -> tuple[FloatArray, float]:
+        """Benchmark returns minus their mean, and that mean."""
+        mean = float(np.mean(self.benchmark_returns))
+        return self.benchmark_returns - mean, mean
+
+    @cached_property
+    def benchmark_variance(self) -> float:
+        """Population variance of the benchmark returns."""
+        centred, _ = self.benchmark_centred_mean
+        return dot(centred, centred) / centred.size
+
+    @cached_property
+    def covariance_with_benchmark(self) -> float:
+        """Population covariance of returns with benchmark returns (one centred side suffices)."""
+        centred, _ = self.benchmark_centred_mean
+        return dot(self.returns, centred) / centred.size
 
     @cached_property
     def years(self) -> float:

@@ -176,8 +176,7 @@ def net_profit(c: MetricContext) -> float:
     "Net profit divided by the largest drawdown in currency (peak minus trough equity).",
 )
 def recovery_factor(c: MetricContext) -> float:
-    peak = np.maximum(np.maximum.accumulate(c.equity), c.initial_cash)
-    worst = float(np.max(peak - c.equity))
+    worst = float(np.max(c.peak - c.equity))
     return net_profit(c) / worst if worst > 0 else float("nan")
 
 

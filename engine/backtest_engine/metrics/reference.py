@@ -36,6 +36,8 @@ Generated from the metric registry by `python -m backtest_engine.metrics.referen
   its close, so every run's trade list is complete.
 - **Degenerate cases**: when a metric is undefined (no trades, flat equity, a zero denominator) it takes
   the value in the "degenerate" column instead of NaN or infinity, so results are always finite JSON.
+- **Rolling** statistics use windows of round(P / 4) bars (a quarter, at least 2) ending every
+  max(1, window // 20) bars and on the last bar; consecutive windows overlap by 95% or more.
 - **Structure** metrics are reported only for strategies that detect market structure (`pivot_bos`).
 """
 

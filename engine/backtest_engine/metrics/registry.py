@@ -71,7 +71,7 @@ def compute_metrics(context: MetricContext, names: Iterable[str] | None = None) 
                 continue
             try:
                 value = float(m.compute(context))
-            except ZeroDivisionError:  # a ratio over zero (flat equity, no trades, beta 0): undefined
+            except (ZeroDivisionError, OverflowError):  # a ratio over zero, or beyond float range: undefined
                 value = math.nan
             out[m.name] = value if math.isfinite(value) else m.degenerate
     return out

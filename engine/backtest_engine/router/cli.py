@@ -41,15 +41,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the router's arguments to `parser` (shared by the subcommand and `python -m`)."""
     parser.add_argument("--stable", required=True, metavar="URL", help="base URL of the stable service")
     parser.add_argument("--canary", required=True, metavar="URL", help="base URL of the canary service")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--weight-file", type=Path, metavar="PATH", help="file holding one integer 0-100")
-    source.add_argument(
-        "--weight-configmap", metavar="NS/NAME", help="ConfigMap whose data key 'weight' holds 0-100"
-    )
+    source.add_argument("--weight-configmap", metavar="NS/NAME", help="ConfigMap whose data key 'weight' holds 0-100")
     parser.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
     parser.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     parser.add_argument(
@@ -87,14 +92,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="largest request body buffered for replay; larger ones get 413 (default 10 MiB)",
     )
-    parser.add_argument(
-        "--max-connections", type=int, default=256, metavar="N", help="pooled connections per upstream"
-    )
+    parser.add_argument("--max-connections", type=int, default=256, metavar="N", help="pooled connections per upstream")
     parser.add_argument(
         "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop (auto: uvloop)"
     )
     parser.add_argument(
         "--http", default="auto", choices=["auto", "h11", "httptools"], help="HTTP parser (auto: httptools)"
+    )
+    parser.add_argument(
+        "--keep-alive-timeout",
+        type=_positive_int,
+        default=75,
+        metavar="SECONDS",
+        help="close idle client connections after this (default 75, above common client pool expiries, so a "
+        "client rarely reuses a connection the router is closing)",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off: costly)")
@@ -157,6 +168,7 @@ def run_router(args: argparse.Namespace) -> int:
             loop=args.loop,
             http=args.http,
             server_header=False,
+            timeout_keep_alive=args.keep_alive_timeout,
             proxy_headers=False,  # the router is the first hop: client addresses come from the socket
             date_header=False,
         )

@@ -77,9 +77,7 @@ def end_to_end(headers: Iterable[tuple[bytes, bytes]], also_drop: frozenset[byte
 def upstream_request_headers(scope: MutableMapping[str, Any]) -> Headers:
     """The client's end-to-end headers plus X-Forwarded-For/-Proto/-Host for the upstream."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
-    headers = end_to_end(
-        raw, _RECOMPUTED | {b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
-    )
+    headers = end_to_end(raw, _RECOMPUTED | {b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
     prior_for = b", ".join(v for n, v in raw if n.lower() == b"x-forwarded-for")
     client = scope.get("client")
     client_ip = client[0].encode() if client else b"unknown"
@@ -131,9 +129,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def response_headers(
-    upstream: Iterable[tuple[bytes, bytes]], body_length: int | None, extra: Headers
-) -> Headers:
+def response_headers(upstream: Iterable[tuple[bytes, bytes]], body_length: int | None, extra: Headers) -> Headers:
     """The upstream's end-to-end headers for the client, with the buffered body's length and `extra`.
 
     `body_length` None keeps the upstream's own Content-Length untouched: a HEAD answer announces the

@@ -83,6 +83,10 @@ class ResponseProtocol(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._waiter is None or self._waiter.done():
+            self.close()  # a second answer to one request: the stream is out of step, never reuse it
+
     def on_header(self, name: bytes, value: bytes) -> None:
         lower = name.lower()
         if lower == b"content-length" or (lower == b"transfer-encoding" and b"chunked" in value.lower()):
@@ -123,12 +127,7 @@ class ResponseProtocol(asyncio.Protocol):
             self.idle_since = time.monotonic()
 
     def reusable(self, now: float, keepalive_expiry: float) -> bool:
-        return (
-            not self.closed
-            and self.keep_alive
-            and self._waiter is None
-            and now - self.idle_since < keepalive_expiry
-        )
+        return not self.closed and self.keep_alive and self._waiter is None and now - self.idle_since < keepalive_expiry
 
     def close(self) -> None:
         self.closed = True
@@ -145,6 +144,7 @@ class ResponseProtocol(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
             self._waiter.set_result(RawResponse(self._parser.get_status_code(), self._headers, body))
+            self._headers, self._body = [], []  # the answer owns these lists now
 
     def _fail(self, exc: Exception) -> None:
         if self._waiter is not None and not self._waiter.done():

@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
-
 log = logging.getLogger("backtest_engine.router.weights")
 
 CONFIGMAP_KEY = "weight"
@@ -71,9 +68,7 @@ class WeightState:
         for listener in self._listeners:
             listener(value)
         if previous != value:
-            log.info(
-                "event=weight_changed source=%s old=%d new=%d origin=%s", self.source, previous, value, origin
-            )
+            log.info("event=weight_changed source=%s old=%d new=%d origin=%s", self.source, previous, value, origin)
 
     def reject(self, reason: str, origin: str) -> None:
         log.warning(
@@ -189,6 +184,10 @@ def _resource_version(obj: Any) -> str | None:
 
 def load_kube_api() -> Any:
     """A CoreV1Api from the in-cluster service account, else from the local kubeconfig."""
+    # Imported here: the kubernetes package takes ~0.2 s to import, and only --weight-configmap needs it
+    # (every `backtest-engine` subcommand imports this module to build its parser).
+    from kubernetes import client, config  # noqa: PLC0415
+
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
@@ -234,9 +233,7 @@ class ConfigMapWeightSource:
 
     async def start(self, state: WeightState) -> None:
         state.source = self.description
-        self._thread = threading.Thread(
-            target=self._run, args=(state,), name="weight-configmap-watch", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, args=(state,), name="weight-configmap-watch", daemon=True)
         self._thread.start()
 
     async def stop(self) -> None:
@@ -264,6 +261,9 @@ class ConfigMapWeightSource:
                 backoff = min(backoff * 2, self._max_backoff)
 
     def _list_and_watch(self, state: WeightState) -> None:
+        from kubernetes import watch  # noqa: PLC0415  (see load_kube_api)
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
         api = self._api_factory()
         selector = f"metadata.name={self.name}"
         listed = api.list_namespaced_config_map(self.namespace, field_selector=selector)

@@ -15,14 +15,14 @@ from pydantic import Field
 from backtest_engine.indicators import (
     Bars,
     FloatArray,
-    IntArrayLike,
+    IntArray,
     hold_from_events,
     rolling_max,
 )
 from backtest_engine.strategies.registry import Signals, StrategyParams, StructureEvents, register
 
 
-def swing_points(values: FloatArray, left: int, right: int, *, highs: bool) -> IntArrayLike:
+def swing_points(values: FloatArray, left: int, right: int, *, highs: bool) -> IntArray:
     """Bar positions of swing highs (or lows, with `highs=False`) of `values`, in order."""
     x = values if highs else -values
     n = x.size
@@ -37,9 +37,7 @@ def swing_points(values: FloatArray, left: int, right: int, *, highs: bool) -> I
     return np.flatnonzero(pivot).astype(np.int64)
 
 
-def first_break(
-    close: FloatArray, pivots: IntArrayLike, levels: FloatArray, right: int, *, up: bool
-) -> IntArrayLike:
+def first_break(close: FloatArray, pivots: IntArray, levels: FloatArray, right: int, *, up: bool) -> IntArray:
     """Bars of the first close beyond each confirmed level (above for `up`, else below)."""
     n = close.size
     confirm = pivots + right

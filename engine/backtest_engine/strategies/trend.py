@@ -7,7 +7,7 @@ from typing import Self
 import numpy as np
 from pydantic import Field, model_validator
 
-from backtest_engine.indicators import Bars, FloatArray, crosses_above, ema, hold_from_events
+from backtest_engine.indicators import Bars, FloatArray, ema, hold_sparse_events
 from backtest_engine.strategies.registry import CrossFieldError, Signals, StrategyParams, register
 
 
@@ -17,10 +17,14 @@ def crossover_target(fast: FloatArray, slow: FloatArray, allow_short: bool) -> F
     Event-based: flat until the first cross, like a trader who waits for a signal rather than entering
     mid-trend on the first bar.
     """
-    events = np.full(fast.size, np.nan)
-    events[crosses_above(fast, slow)] = 1.0
-    events[crosses_above(slow, fast)] = -1.0 if allow_short else 0.0
-    return hold_from_events(events)
+    spread = fast - slow
+    above, below = spread > 0, spread < 0  # NaN (warm-up) is neither
+    ups = np.flatnonzero(below[:-1] & above[1:]) + 1
+    downs = np.flatnonzero(above[:-1] & below[1:]) + 1
+    bars = np.concatenate((ups, downs))
+    values = np.concatenate((np.ones(ups.size), np.full(downs.size, -1.0 if allow_short else 0.0)))
+    order = np.argsort(bars, kind="stable")
+    return hold_sparse_events(bars[order], values[order], fast.size)
 
 
 class CrossoverParams(StrategyParams):

@@ -138,3 +138,34 @@ def test_optimize_prints_json_with_the_best_parameters_when_asked(data_file):
     )
     result = json.loads(out)
     assert code == 0 and result["evaluated"] == 4 and result["best_params"] == result["results"][0]["params"]
+
+
+def test_optimize_walk_forward_prints_folds_with_out_of_sample_values_when_requested(data_file):
+    code, out, _ = cli(
+        "optimize",
+        "--strategy",
+        "sma_crossover",
+        "--data",
+        str(data_file),
+        "--grid",
+        "fast=5,10",
+        "--grid",
+        "slow=20,40",
+        "--workers",
+        "1",
+        "--walk-forward",
+        "2",
+        "--metric",
+        "total_return",
+    )
+    result = json.loads(out)
+    assert code == 0 and len(result["folds"]) == 2
+    assert all({"params", "in_sample", "out_of_sample"} <= set(fold) for fold in result["folds"])
+
+
+def test_synthetic_writes_a_loadable_file_when_asked(tmp_path: Path):
+    path = tmp_path / "bars.parquet"
+    code, _, _ = cli("synthetic", "--bars", "300", "--seed", "3", "--out", str(path))
+    assert code == 0
+    code, out, _ = cli("run", "--strategy", "buy_and_hold", "--data", str(path), "--json")
+    assert code == 0 and json.loads(out)["metrics"]["num_trades"] == 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +16,7 @@ from backtest_engine import run_backtest
 from backtest_engine.backtest import bars_from_frame, metric_context
 from backtest_engine.data import synthetic_ohlcv
 from backtest_engine.execution import ExecutionConfig, simulate
-from backtest_engine.metrics import GROUPS, all_metrics, compute_metrics, get_metric
+from backtest_engine.metrics import GROUPS, MetricContext, all_metrics, compute_metrics, get_metric
 from backtest_engine.metrics.reference import render_markdown
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "metrics.md"
@@ -100,3 +102,46 @@ def test_trade_metrics_follow_their_definitions_when_trades_are_known():
         longest = max(longest, streak)
     assert m["max_consecutive_losses"] == longest
     assert m["exposure"] == pytest.approx(np.mean(result.extras["units"] != 0))
+
+
+def test_rolling_statistics_match_pandas_rolling_windows_when_sampled_at_the_same_bars():
+    rng = np.random.default_rng(4)
+    returns = rng.normal(0.0004, 0.01, 2_000)
+    equity = 10_000 * np.cumprod(1 + returns)
+    flat = np.zeros(0)
+    context = MetricContext(
+        equity=equity,
+        initial_cash=10_000.0,
+        periods_per_year=252.0,
+        units=np.ones(2_000),
+        close=equity,
+        trade_pnl=flat,
+        trade_return=flat,
+        trade_bars_held=flat.astype(int),
+        trade_direction=flat.astype(int),
+        trade_fees=flat,
+        trade_exit_reason=flat.astype(int),
+        trade_notional=flat,
+        benchmark_returns=returns,
+    )
+    window = 63  # round(252 / 4)
+    rolling = pd.Series(returns).rolling(window)
+    sharpe = (rolling.mean() / rolling.std() * np.sqrt(252)).to_numpy()
+    ends = [*range(window - 1, 2_000, window // 20), 1_999]  # window ends every 3 bars, plus the last
+    sampled = sharpe[sorted(set(ends))]
+    metrics = compute_metrics(
+        context, ["rolling_sharpe_mean", "rolling_sharpe_min", "rolling_volatility_max"]
+    )
+    assert metrics["rolling_sharpe_mean"] == pytest.approx(sampled.mean(), rel=1e-9)
+    assert metrics["rolling_sharpe_min"] == pytest.approx(sampled.min(), rel=1e-9)
+    volatility = (rolling.std() * np.sqrt(252)).to_numpy()[sorted(set(ends))]
+    assert metrics["rolling_volatility_max"] == pytest.approx(volatility.max(), rel=1e-9)
+
+
+@pytest.mark.parametrize("strategy", ["pivot_bos", "bollinger_reversion", "buy_and_hold"])
+def test_result_serializes_to_strict_json_when_converted_with_to_dict(daily_bars, strategy):
+    result = run_backtest(daily_bars, strategy, {}, commission=0.001, stop_loss=0.05)
+    payload = json.loads(json.dumps(result.to_dict(include_equity=True), allow_nan=False))
+    assert len(payload["equity"]) == len(daily_bars)
+    assert payload["metrics"]["final_equity"] == pytest.approx(payload["equity"][-1]["equity"])
+    assert len(payload["trades"]) == payload["metrics"]["num_trades"]

@@ -86,3 +86,25 @@ def test_walk_forward_reports_in_and_out_of_sample_values_per_fold_when_run():
         direct = run_backtest(DATA.loc[fold.test_start : fold.test_end], "sma_crossover", fold.params)
         assert fold.out_of_sample == pytest.approx(direct.metrics["total_return"])
     assert isinstance(result.to_dict()["efficiency"], float)
+
+
+def test_cancel_event_stops_a_process_pool_sweep_without_hanging_when_set():
+    cancel = threading.Event()
+
+    def stop_at_first_result(done: int, total: int) -> None:
+        if done > 0:
+            cancel.set()
+
+    big_space = {"fast": [2, 3, 4, 5, 6, 7, 8, 9], "slow": [10, 12, 14, 16, 18, 20, 25, 30]}
+    result = optimize(
+        DATA,
+        "sma_crossover",
+        big_space,
+        workers=2,
+        chunk_size=1,
+        progress=stop_at_first_result,
+        cancel=cancel,
+    )
+    assert result.cancelled and 0 < result.evaluated < result.total
+    ranked = result.results["sharpe_ratio"].tolist()
+    assert ranked == sorted(ranked, reverse=True)

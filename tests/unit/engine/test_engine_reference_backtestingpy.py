@@ -1,5 +1,7 @@
 """Trades and final equity agree with backtesting.py 0.6 (an independent, event-driven engine).
 
+Two strategies expressible in both: the SMA crossover (long/short and long-only) and the Donchian breakout.
+
 Setup that makes both engines model the same thing: market orders at the next bar's open, commission as a
 fraction of notional on entry and exit, whole units (backtesting.py's sizing: all available equity, rounded
 down), and exclusive orders so that an opposite signal closes the trade and reverses. backtesting.py keeps
@@ -143,3 +145,52 @@ def _trade_context(trades: pd.DataFrame) -> MetricContext:
         trade_notional=(trades["size"].abs() * trades["entry_price"]).to_numpy(),
         benchmark_returns=np.zeros(10),
     )
+
+
+def _donchian_strategy(period: int) -> type[Strategy]:
+    def previous_extreme(values: np.ndarray, highest: bool) -> np.ndarray:
+        rolling = pd.Series(values).rolling(period)
+        return (rolling.max() if highest else rolling.min()).shift(1).to_numpy()
+
+    class Donchian(Strategy):
+        def init(self) -> None:
+            self.upper = self.I(previous_extreme, self.data.High, True)
+            self.lower = self.I(previous_extreme, self.data.Low, False)
+
+        def next(self) -> None:
+            close = self.data.Close[-1]
+            if close > self.upper[-1] and not self.position.is_long:
+                self.buy()
+            elif close < self.lower[-1] and not self.position.is_short:
+                self.sell()
+
+    return Donchian
+
+
+@pytest.mark.parametrize(("seed", "period"), [(5, 20), (6, 55)])
+def test_donchian_breakout_trades_match_backtesting_py_when_run_on_the_same_data(seed, period):
+    frame = synthetic_ohlcv(1_500, seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stats = Backtest(
+            frame.rename(columns=str.capitalize),
+            _donchian_strategy(period),
+            cash=10_000,
+            commission=0.001,
+            exclusive_orders=True,
+        ).run()
+    theirs = stats._trades
+    ours = run_backtest(
+        frame,
+        "donchian_breakout",
+        {"period": period},
+        commission=0.001,
+        fraction=BACKTESTING_PY_FRACTION,
+        lot_size=1,
+    ).trades
+    closed = ours[ours["exit_reason"] != "end_of_data"]
+    assert len(theirs) >= 5
+    assert len(closed) == len(theirs)
+    assert list(closed["entry_time"]) == list(theirs["EntryTime"])
+    np.testing.assert_array_equal(closed["size"].to_numpy(), theirs["Size"].to_numpy())
+    np.testing.assert_allclose(closed["pnl"], theirs["PnL"], rtol=1e-9, atol=1e-6)

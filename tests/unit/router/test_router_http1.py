@@ -185,3 +185,23 @@ async def test_connection_is_discarded_when_attempt_is_cancelled():
     slow.set()
     silent.close()
     await silent.wait_closed()
+
+
+async def test_connection_is_not_reused_when_upstream_sends_an_extra_answer():
+    async def two_answers(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(ANSWERS[b"/plain"] + ANSWERS[b"/plain"])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.close()
+
+    srv = await asyncio.start_server(two_answers, "127.0.0.1", 0)
+    pool = Http1Pool(
+        "127.0.0.1", srv.sockets[0].getsockname()[1], tls=False, limit=1, keepalive_expiry=4, connect_timeout=1
+    )
+    response = await pool.send(get(b"/plain"), head=False, retry_stale=False)
+    assert (response.status, response.body, len(response.headers)) == (200, b"hello", 2)
+    await asyncio.sleep(0.05)
+    assert pool._checkout() is None  # the out-of-step connection was closed, not pooled
+    srv.close()
+    await srv.wait_closed()

@@ -1,0 +1,77 @@
+"""Real processes for router tests: the test upstream (tests/support/upstream.py) and the router itself."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "upstream.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=0.5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {deadline_seconds}s")
+
+
+@dataclass
+class Process:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 1 s: uvicorn would otherwise wait for requests still sleeping."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_upstream(name: str, **env: str) -> Process:
+    port = free_port()
+    full_env = {**os.environ, "UPSTREAM_NAME": name, **env}
+    proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), "--port", str(port)], env=full_env)
+    process = Process(f"http://127.0.0.1:{port}", proc)
+    try:
+        wait_ready(process.url + "/_stats", proc)
+    except Exception:
+        process.stop()
+        raise
+    return process
+
+
+def start_router(stable: str, canary: str, weight_file: Path, *extra: str) -> Process:
+    port = free_port()
+    args = [sys.executable, "-m", "backtest_engine.router", "--stable", stable, "--canary", canary]
+    args += ["--weight-file", str(weight_file), "--port", str(port), "--host", "127.0.0.1", *extra]
+    proc = subprocess.Popen(args)
+    process = Process(f"http://127.0.0.1:{port}", proc)
+    try:
+        wait_ready(process.url + "/router/health", proc)
+    except Exception:
+        process.stop()
+        raise
+    return process

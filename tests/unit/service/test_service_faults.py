@@ -1,0 +1,44 @@
+"""Fault injection: off by default, visible in health, never on health/ready/metrics."""
+
+from __future__ import annotations
+
+import time
+
+from tests.unit.service.conftest import AUTH, ClientFactory
+
+
+def test_every_api_request_fails_with_500_when_the_error_rate_is_one(make_client: ClientFactory):
+    client = make_client(fault_error_rate=1.0)
+    response = client.get("/api/v1/strategies", headers=AUTH)
+    assert response.status_code == 500
+    assert response.headers["x-fault-injected"] == "1"
+    assert response.json()["detail"].startswith("injected fault")
+    assert client.get("/api/v1/health").status_code == 200
+    assert client.get("/api/v1/ready").status_code == 200
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert 'code="500",method="GET",route="/api/v1/strategies"' in metrics.text
+
+
+def test_health_shows_the_faults_when_they_are_on(make_client: ClientFactory):
+    client = make_client(fault_error_rate=0.15, fault_latency_seconds=0.05)
+    faults = client.get("/api/v1/health").json()["faults"]
+    assert faults == {"enabled": True, "error_rate": 0.15, "latency_seconds": 0.05}
+
+
+def test_api_requests_are_slowed_down_when_latency_is_added(make_client: ClientFactory):
+    client = make_client(fault_latency_seconds=0.2)
+    started = time.perf_counter()
+    assert client.get("/api/v1/strategies", headers=AUTH).status_code == 200
+    assert time.perf_counter() - started >= 0.2
+    started = time.perf_counter()
+    client.get("/api/v1/health")
+    assert time.perf_counter() - started < 0.2
+
+
+def test_roughly_the_configured_share_fails_when_the_rate_is_partial(make_client: ClientFactory):
+    client = make_client(fault_error_rate=0.3, rate_limit=10_000)
+    codes = [client.get("/api/v1/strategies", headers=AUTH).status_code for _ in range(200)]
+    share = codes.count(500) / len(codes)
+    assert 0.15 < share < 0.45  # binomial(200, 0.3): more than 4.5 standard deviations either side
+    assert set(codes) == {200, 500}
