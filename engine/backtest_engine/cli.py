@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -24,6 +23,7 @@ from backtest_engine.service.cli import add_serve_parser, run_serve
 from backtest_engine.strategies import list_strategies
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -188,22 +188,16 @@ def _command_optimize(args: argparse.Namespace, out: TextIO, err: TextIO) -> Non
         json.dump(wf.to_dict(), out, indent=2, default=str)
         out.write("\n")
         return
-    cancel = threading.Event()
     progress = None if args.json else ProgressBar(err)
-    try:
-        result = optimize(
-            data,
-            args.strategy,
-            space,
-            metric=args.metric,
-            maximize=not args.minimize,
-            progress=progress,
-            cancel=cancel,
-            **options,
-        )
-    except KeyboardInterrupt:
-        cancel.set()
-        raise
+    result = optimize(
+        data,
+        args.strategy,
+        space,
+        metric=args.metric,
+        maximize=not args.minimize,
+        progress=progress,
+        **options,
+    )
     if args.json:
         json.dump(result.to_dict(top=args.top), out, indent=2, default=str)
         out.write("\n")
@@ -256,6 +250,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     except EngineError as exc:
         err.write(f"backtest-engine: error: {exc}\n")
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        err.write("\nbacktest-engine: interrupted\n")
+        return EXIT_INTERRUPTED
     return 0
 
 

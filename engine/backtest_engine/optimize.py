@@ -34,6 +34,7 @@ from backtest_engine.strategies import generate_signals, get_strategy, validate_
 SUMMARY_METRICS = ("total_return", "cagr", "sharpe_ratio", "max_drawdown", "num_trades", "win_rate")
 ProgressCallback = Callable[[int, int], None]
 ResultsCallback = Callable[[list[dict[str, Any]], list[dict[str, float]]], None]
+MAX_CHUNK = 16  # parameter sets per task sent to a worker
 
 
 @dataclass
@@ -237,7 +238,9 @@ def optimize(
     total = len(candidates)
     cancel = cancel or threading.Event()
     workers = max(1, min(workers or os.cpu_count() or 1, total or 1))
-    size = chunk_size or max(1, math.ceil(total / (workers * 4)))
+    # Small chunks keep progress fine-grained and cancellation prompt; they cost little, because the
+    # indicator memo lives in the worker process, not in the chunk.
+    size = chunk_size or min(MAX_CHUNK, max(1, math.ceil(total / (workers * 8))))
     chunks = [candidates[i : i + size] for i in range(0, total, size)]
     done_params: list[dict[str, Any]] = []
     done_values: list[dict[str, float]] = []
@@ -265,24 +268,26 @@ def optimize(
             pending: dict[Future[list[dict[str, float]]], list[dict[str, Any]]] = {
                 pool.submit(_evaluate_chunk, chunk): chunk for chunk in chunks
             }
-            while pending:
-                finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    chunk = pending.pop(future)
-                    if future.cancelled():
-                        continue
-                    values = future.result()
-                    done_values.extend(values)
-                    done_params.extend(chunk)
-                    if on_results:
-                        on_results(chunk, values)
-                    if progress:
-                        progress(len(done_params), total)
-                if cancel.is_set():
-                    for future in pending:
-                        future.cancel()
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    break
+            try:
+                while pending:
+                    finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        chunk = pending.pop(future)
+                        if future.cancelled():
+                            continue
+                        values = future.result()
+                        done_values.extend(values)
+                        done_params.extend(chunk)
+                        if on_results:
+                            on_results(chunk, values)
+                        if progress:
+                            progress(len(done_params), total)
+                    if cancel.is_set():
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        break
+            except BaseException:  # Ctrl-C or a failing chunk: drop the queued work before leaving
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     ranked = _rank(strategy, metric, maximize, done_params, done_values)
     return OptimizationResult(strategy, metric, maximize, ranked, total, cancelled=len(done_params) < total)
 

@@ -169,3 +169,9 @@ def test_synthetic_writes_a_loadable_file_when_asked(tmp_path: Path):
     assert code == 0
     code, out, _ = cli("run", "--strategy", "buy_and_hold", "--data", str(path), "--json")
     assert code == 0 and json.loads(out)["metrics"]["num_trades"] == 1
+
+
+@pytest.mark.parametrize("grid", ["fast", "fast=9:3:1", "fast=a:b:c"])
+def test_malformed_grid_exits_2_naming_it_when_optimizing(data_file, grid):
+    code, out, err = cli("optimize", "--strategy", "sma_crossover", "--data", str(data_file), "--grid", grid)
+    assert code == 2 and out == "" and "fast" in err

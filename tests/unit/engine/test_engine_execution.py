@@ -156,3 +156,21 @@ def test_accounting_identities_hold_when_targets_are_random(target, commission, 
     notional = np.abs(sim.size) * (sim.entry_price + sim.exit_price)
     np.testing.assert_allclose(sim.fees, notional * commission, rtol=1e-12)
     assert sim.units[-1] == 0, "every position is closed by the end of the data"
+
+
+def test_short_stop_loss_fills_at_the_open_when_the_price_gaps_up_through_it():
+    opens, highs, lows = OPENS.copy(), HIGHS.copy(), LOWS.copy()
+    # a 10% stop above the 11.0 short entry is 12.1; bar 1's high (12.0) stays below it, bar 2 opens above
+    opens[2], highs[2] = 12.5, 13.5
+    sim = run([-1, -1, -1, -1, -1], opens=opens, highs=highs, lows=lows, cash=1000.0, stop_loss=0.10)
+    assert EXIT_REASONS[sim.exit_reason[0]] == "stop_loss"
+    assert (sim.exit_bar[0], sim.exit_price[0]) == (2, 12.5)
+    assert sim.pnl[0] == pytest.approx(-(1000.0 / 11.0) * 1.5)
+
+
+def test_short_take_profit_fills_at_its_level_when_the_low_reaches_it():
+    lows = LOWS.copy()
+    lows[3] = 9.5  # a 10% target under the 11.0 short entry is 9.9
+    sim = run([-1, -1, -1, -1, -1], lows=lows, cash=1000.0, take_profit=0.10)
+    assert EXIT_REASONS[sim.exit_reason[0]] == "take_profit"
+    assert (sim.exit_bar[0], sim.exit_price[0]) == (3, pytest.approx(9.9))

@@ -145,3 +145,14 @@ def test_result_serializes_to_strict_json_when_converted_with_to_dict(daily_bars
     assert len(payload["equity"]) == len(daily_bars)
     assert payload["metrics"]["final_equity"] == pytest.approx(payload["equity"][-1]["equity"])
     assert len(payload["trades"]) == payload["metrics"]["num_trades"]
+
+
+def test_benchmark_metrics_use_the_given_prices_when_a_benchmark_is_passed(daily_bars):
+    default = run_backtest(daily_bars, "sma_crossover", {}).metrics
+    same = run_backtest(daily_bars, "sma_crossover", {}, benchmark=daily_bars["close"]).metrics
+    assert same["beta"] == pytest.approx(default["beta"]) and same["alpha"] == pytest.approx(default["alpha"])
+    doubled = daily_bars["close"] ** 2  # returns of a squared price differ, so relative metrics must change
+    other = run_backtest(daily_bars, "sma_crossover", {}, benchmark=doubled).metrics
+    first, last = daily_bars["close"].iloc[0], daily_bars["close"].iloc[-1]
+    assert other["benchmark_return"] == pytest.approx((last / first) ** 2 - 1)
+    assert other["beta"] != pytest.approx(default["beta"])

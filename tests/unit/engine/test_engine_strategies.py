@@ -140,3 +140,22 @@ def test_changing_future_bars_never_changes_past_signals_or_trades_when_any_stra
     closed_before = before.trades[before.trades["exit_time"] <= limit].reset_index(drop=True)
     closed_after = after.trades[after.trades["exit_time"] <= limit].reset_index(drop=True)
     pd.testing.assert_frame_equal(closed_before, closed_after)
+
+
+def test_bos_success_rate_judges_each_break_after_the_horizon_when_computed():
+    # Lows and highs are close -/+ 0.5. Swing high at bar 2 (12.5, confirmed at bar 4) breaks at bar 6.
+    # Swing low at bar 4 (9.5, confirmed at 6) breaks at bar 9; swing low at bar 9 (7.5, confirmed at 11)
+    # breaks at bar 13. Horizon 2: bullish 13 -> 15 succeeds; bearish 8 -> 10 and 7 -> 8 both fail.
+    closes = [10, 11, 12, 11, 10, 11, 13, 14, 15, 8, 9, 10, 9, 7, 7.5, 8, 8]
+    bars = _bars(closes)
+    frame = pd.DataFrame(
+        {"open": bars.open, "high": bars.high, "low": bars.low, "close": bars.close, "volume": bars.volume},
+        index=pd.date_range("2024-01-01", periods=len(closes), freq="D", name="time"),
+    )
+    params = {"left": 2, "right": 2, "success_horizon": 2}
+    structure = generate_signals(bars, "pivot_bos", validate_params("pivot_bos", params)).structure
+    assert structure is not None
+    assert structure.bullish_bos.tolist() == [6] and structure.bearish_bos.tolist() == [9, 13]
+    m = run_backtest(frame, "pivot_bos", params).metrics
+    assert m["bos_signals"] == 3 and m["bos_success_rate"] == pytest.approx(1 / 3)
+    assert m["average_bos_move"] == pytest.approx(((15 / 13 - 1) - (10 / 8 - 1) - (8 / 7 - 1)) / 3)
