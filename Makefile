@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status \
-	bench-router bench-engine engine-docs
+	bench-router bench-engine bench-operator engine-docs e2e
 
 setup: $(STAMP)
 
@@ -60,6 +60,14 @@ cluster-status: setup
 ## Router overhead vs direct calls at a fixed rate, max throughput, weight flips under load.
 bench-router: setup
 	$(BIN)/python bench/router_overhead.py --compare-servers --json bench/results/router.json
+
+## Operator memory with 100 BacktestServices against a baseline of none (bench/results/operator.json).
+bench-operator: setup deps-system cluster-build
+	$(BIN)/python bench/operator_memory.py --objects 100
+
+## End-to-end rollouts only (brings up the control plane, Prometheus, engines, router and the operator).
+e2e: setup deps-system cluster-build
+	$(BIN)/python -m pytest -m e2e tests/e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

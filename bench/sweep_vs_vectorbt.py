@@ -110,9 +110,7 @@ def worker(side: str, bars: int, repeats: int, workers: int) -> None:
         table = run(frame, workers)
         seconds.append(time.perf_counter() - started)
     peak = max(rss_mb(), rss_mb(resource.RUSAGE_CHILDREN))
-    returns = {
-        f"{f}/{s}": float(r) for f, s, r in table[["fast", "slow", "total_return"]].itertuples(index=False)
-    }
+    returns = {f"{f}/{s}": float(r) for f, s, r in table[["fast", "slow", "total_return"]].itertuples(index=False)}
     print(
         json.dumps(
             {
@@ -181,9 +179,7 @@ def main() -> None:
             f"{label:<26}{seconds:>10.3f}{len(engine['seconds']):>6}{engine['run_rss_mb']:>12.0f}"
             f"{engine['peak_rss_mb']:>13.0f}{vbt_s / seconds:>9.1f}x"
         )
-    print(
-        f"1-minute load average before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {cores} cores"
-    )
+    print(f"1-minute load average before / after: {load_before:.1f} / {os.getloadavg()[0]:.1f} on {cores} cores")
     common = sorted(set(vectorbt["returns"]) & set(engines[0]["returns"]))
     gaps = [abs(vectorbt["returns"][k] - engines[0]["returns"][k]) for k in common]
     print(

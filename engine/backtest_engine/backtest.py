@@ -109,9 +109,7 @@ def trades_frame(sim: Simulation, index: pd.DatetimeIndex) -> pd.DataFrame:
         {
             "entry_time": index[sim.entry_bar],
             "exit_time": index[sim.exit_bar],
-            "direction": pd.Categorical.from_codes(
-                (sim.direction > 0).astype(np.int8), pd.Index(["short", "long"])
-            ),
+            "direction": pd.Categorical.from_codes((sim.direction > 0).astype(np.int8), pd.Index(["short", "long"])),
             "size": sim.size,
             "entry_price": sim.entry_price,
             "exit_price": sim.exit_price,

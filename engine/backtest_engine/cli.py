@@ -19,6 +19,7 @@ from backtest_engine.errors import EngineError, InvalidParameter
 from backtest_engine.metrics import all_metrics
 from backtest_engine.optimize import optimize, walk_forward
 from backtest_engine.router.cli import add_router_parser, run_router
+from backtest_engine.service.cli import add_serve_parser, run_serve
 from backtest_engine.strategies import list_strategies
 
 EXIT_BAD_INPUT = 2
@@ -117,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output .csv or .parquet")
 
     add_router_parser(commands)
+    add_serve_parser(commands)
     return parser
 
 
@@ -211,6 +213,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
     args = build_parser().parse_args(argv)
     if args.command == "router":
         return run_router(args)
+    if args.command == "serve":
+        return run_serve(args)
     try:
         if args.command == "strategies":
             described = list_strategies()

@@ -53,9 +53,7 @@ def validate_ohlcv(frame: pd.DataFrame) -> pd.DataFrame:
     if len(df) < 2:
         raise InvalidData(f"need at least 2 bars, got {len(df)}")
     try:
-        index = (
-            df.index if isinstance(df.index, pd.DatetimeIndex) else pd.DatetimeIndex(pd.to_datetime(df.index))
-        )
+        index = df.index if isinstance(df.index, pd.DatetimeIndex) else pd.DatetimeIndex(pd.to_datetime(df.index))
     except (ValueError, TypeError) as exc:
         raise InvalidData(f"time column is not parseable as timestamps: {exc}") from exc
     if index.hasnans:
@@ -174,9 +172,7 @@ def synthetic_ohlcv(
     low = body_low * np.exp(-np.abs(rng.standard_normal(bars)) * sigma * 0.5)
     volume = np.round(1e6 * np.exp(0.3 * rng.standard_normal(bars)) * (1 + 5 * sigma * np.sqrt(252)))
     index = pd.date_range(start=start, periods=bars, freq=freq, name="time")
-    return pd.DataFrame(
-        {"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index
-    )
+    return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index)
 
 
 def infer_periods_per_year(index: pd.DatetimeIndex) -> float:

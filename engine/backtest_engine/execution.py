@@ -49,9 +49,7 @@ class ExecutionConfig:
         if not 0 < self.fraction <= 1:
             raise InvalidParameter(f"must be in (0, 1], got {self.fraction}", name="fraction")
         if not (np.isfinite(self.lot_size) and self.lot_size >= 0):
-            raise InvalidParameter(
-                f"must be >= 0 (0 = fractional units), got {self.lot_size}", name="lot_size"
-            )
+            raise InvalidParameter(f"must be >= 0 (0 = fractional units), got {self.lot_size}", name="lot_size")
         if self.stop_loss is not None and not 0 < self.stop_loss < 1:
             raise InvalidParameter(f"must be in (0, 1), got {self.stop_loss}", name="stop_loss")
         if self.take_profit is not None and not 0 < self.take_profit <= 100:

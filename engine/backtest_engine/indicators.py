@@ -184,9 +184,7 @@ class Bars:
         return self._cached(("rsi", period), lambda: rsi(self.close, period))
 
     def atr(self, period: int) -> FloatArray:
-        return self._cached(
-            ("atr", period), lambda: wilder(true_range(self.high, self.low, self.close), period)
-        )
+        return self._cached(("atr", period), lambda: wilder(true_range(self.high, self.low, self.close), period))
 
     def highest(self, period: int) -> FloatArray:
         return self._cached(("highest", period), lambda: rolling_max(self.high, period))

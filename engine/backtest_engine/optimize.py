@@ -113,9 +113,7 @@ def parameter_grid(strategy: str, space: Mapping[str, Sequence[Any]]) -> list[di
     for name in names:
         if not space[name]:
             raise InvalidParameter("needs at least one candidate value", name=name)
-    products = (
-        dict(zip(names, values, strict=True)) for values in itertools.product(*(space[n] for n in names))
-    )
+    products = (dict(zip(names, values, strict=True)) for values in itertools.product(*(space[n] for n in names)))
     return _combinations_valid(strategy, products)
 
 
@@ -228,9 +226,7 @@ def optimize(
     frame = validate_ohlcv(data) if validate else data
     config = ExecutionConfig(cash, commission, slippage_bps, fraction, lot_size, stop_loss, take_profit)
     candidates = (
-        parameter_grid(strategy, space)
-        if method == "grid"
-        else random_parameters(strategy, space, samples, seed=seed)
+        parameter_grid(strategy, space) if method == "grid" else random_parameters(strategy, space, samples, seed=seed)
     )
     ppy = resolve_periods_per_year(pd.DatetimeIndex(frame.index), periods_per_year)
     wanted = tuple(dict.fromkeys((metric, *SUMMARY_METRICS)))
@@ -259,12 +255,8 @@ def optimize(
             if progress:
                 progress(len(done_params), total)
     else:
-        context = multiprocessing.get_context(
-            "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        )
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_install_job, initargs=(job,)
-        ) as pool:
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_install_job, initargs=(job,)) as pool:
             pending: dict[Future[list[dict[str, float]]], list[dict[str, Any]]] = {
                 pool.submit(_evaluate_chunk, chunk): chunk for chunk in chunks
             }
@@ -372,9 +364,7 @@ def walk_forward(
     frame = validate_ohlcv(data)
     bounds = np.linspace(0, len(frame), folds + 1).astype(int)
     results: list[WalkForwardFold] = []
-    execution = {
-        k: v for k, v in kwargs.items() if k not in ("method", "samples", "seed", "workers", "chunk_size")
-    }
+    execution = {k: v for k, v in kwargs.items() if k not in ("method", "samples", "seed", "workers", "chunk_size")}
     for start, end in itertools.pairwise(bounds.tolist()):
         split = start + int((end - start) * train_ratio)
         train, test = frame.iloc[start:split], frame.iloc[split:end]

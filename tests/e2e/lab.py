@@ -132,6 +132,7 @@ class Lab:
             [ScrapeJob("router", (f"127.0.0.1:{self.router_port}",), labels={"namespace": namespace, "service": NAME})]
         )
         self.operator: processes.Managed | None = None
+        self.operator_metrics = ""
         self.operator_kubeconfig = self._operator_identity()
 
     # processes -------------------------------------------------------------------------------------
@@ -165,9 +166,10 @@ class Lab:
         return f"http://127.0.0.1:{self.router_port}"
 
     def start_operator(self) -> processes.Managed:
+        self.operator_metrics = f"http://127.0.0.1:{free_port()}/metrics"
         env = {
             "KUBECONFIG": str(self.operator_kubeconfig),
-            "OPERATOR_METRICS_PORT": str(free_port()),
+            "OPERATOR_METRICS_PORT": self.operator_metrics.split(":")[2].split("/")[0],
             "OPERATOR_METRICS_HOST": "127.0.0.1",
         }
         command = [str(BIN / "backtest-operator"), "run", "--namespace", self.namespace,
@@ -259,6 +261,16 @@ class Lab:
 
     def events(self) -> list[Any]:
         return self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={NAME}").items
+
+    def operator_series(self, name: str) -> dict[str, float]:
+        """Samples of one of the operator's own series, keyed by their label text."""
+        text = httpx.get(self.operator_metrics, timeout=2.0).text
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                found[key[len(name) :]] = float(value)
+        return found
 
     def router_weight(self) -> int:
         state = httpx.get(f"http://127.0.0.1:{self.router_port}/router/state", timeout=2.0).json()

@@ -55,6 +55,9 @@ def test_healthy_release_walks_every_phase_and_is_promoted(rollout_lab):
     for reason in ("RolloutStarted", "PhaseStarted", "Promoted", "BakeComplete"):
         assert reason in reasons
     assert traffic.client_errors == 0
+    assert rollout_lab.operator_series("backtest_operator_promotions_total") == {"": 1.0}
+    phases = rollout_lab.operator_series("backtest_operator_rollout_phase")
+    assert phases[f'{{name="{NAME}",namespace="{rollout_lab.namespace}",phase="Healthy"}}'] == 1.0
 
 
 def test_release_with_errors_is_rolled_back_within_an_interval_when_canary_fails_15_percent(rollout_lab):

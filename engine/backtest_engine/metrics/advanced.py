@@ -75,9 +75,7 @@ def tracking_error(c: MetricContext) -> float:
     return c.active_mean_std[1] * float(np.sqrt(c.periods_per_year))
 
 
-@metric(
-    "information_ratio", "advanced", "Mean active return over its standard deviation (ddof=1), times sqrt(P)."
-)
+@metric("information_ratio", "advanced", "Mean active return over its standard deviation (ddof=1), times sqrt(P).")
 def information_ratio(c: MetricContext) -> float:
     mean, std = c.active_mean_std
     return mean / std * float(np.sqrt(c.periods_per_year)) if std > 0 else float("nan")
@@ -194,9 +192,7 @@ def rolling_sharpe_std(c: MetricContext) -> float:
     return float(values.std()) if values.size > 1 else float("nan")
 
 
-@metric(
-    "rolling_volatility_max", "advanced", "Highest quarterly rolling annualized volatility.", unit="fraction"
-)
+@metric("rolling_volatility_max", "advanced", "Highest quarterly rolling annualized volatility.", unit="fraction")
 def rolling_volatility_max(c: MetricContext) -> float:
     _, std = c.rolling_mean_std
     return float(std.max() * np.sqrt(c.periods_per_year)) if std.size else float("nan")

@@ -69,9 +69,7 @@ def annualized_volatility(c: MetricContext) -> float:
     return c.moments[1] * float(np.sqrt(c.periods_per_year))
 
 
-@metric(
-    "sharpe_ratio", "core", "Mean over standard deviation (ddof=1) of per-bar excess returns, times sqrt(P)."
-)
+@metric("sharpe_ratio", "core", "Mean over standard deviation (ddof=1) of per-bar excess returns, times sqrt(P).")
 def sharpe_ratio(c: MetricContext) -> float:
     mean, std, _, _ = c.moments
     if std <= 0:
@@ -148,9 +146,7 @@ def current_drawdown(c: MetricContext) -> float:
     return float(c.drawdown[-1])
 
 
-@metric(
-    "time_in_drawdown", "core", "Fraction of bars on which equity is below its running peak.", unit="fraction"
-)
+@metric("time_in_drawdown", "core", "Fraction of bars on which equity is below its running peak.", unit="fraction")
 def time_in_drawdown(c: MetricContext) -> float:
     return float(np.mean(c.drawdown < 0))
 

@@ -43,16 +43,12 @@ def value_at_risk_99(c: MetricContext) -> float:
     return c.percentile(1)
 
 
-@metric(
-    "cvar_95", "risk", "Expected shortfall at 95%: mean of the worst 5% of per-bar returns.", unit="fraction"
-)
+@metric("cvar_95", "risk", "Expected shortfall at 95%: mean of the worst 5% of per-bar returns.", unit="fraction")
 def cvar_95(c: MetricContext) -> float:
     return historical_cvar(c, 0.05)
 
 
-@metric(
-    "cvar_99", "risk", "Expected shortfall at 99%: mean of the worst 1% of per-bar returns.", unit="fraction"
-)
+@metric("cvar_99", "risk", "Expected shortfall at 99%: mean of the worst 1% of per-bar returns.", unit="fraction")
 def cvar_99(c: MetricContext) -> float:
     return historical_cvar(c, 0.01)
 
@@ -106,9 +102,7 @@ def ulcer_index(c: MetricContext) -> float:
     return float(np.sqrt(np.mean(c.drawdown**2)))
 
 
-@metric(
-    "ulcer_performance_index", "risk", "Martin ratio: (CAGR - risk-free rate) divided by the ulcer index."
-)
+@metric("ulcer_performance_index", "risk", "Martin ratio: (CAGR - risk-free rate) divided by the ulcer index.")
 def ulcer_performance_index(c: MetricContext) -> float:
     ui = ulcer_index(c)
     return cagr_minus_rf(c) / ui if ui > 0 else float("nan")
@@ -140,9 +134,7 @@ def skewness(c: MetricContext) -> float:
     return c.moments[2]
 
 
-@metric(
-    "kurtosis", "risk", "Excess kurtosis (Fisher, biased) of per-bar returns; 0 for a normal distribution."
-)
+@metric("kurtosis", "risk", "Excess kurtosis (Fisher, biased) of per-bar returns; 0 for a normal distribution.")
 def kurtosis(c: MetricContext) -> float:
     return c.moments[3]
 

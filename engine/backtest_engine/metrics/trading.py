@@ -87,9 +87,7 @@ def expectancy(c: MetricContext) -> float:
     return float(np.mean(c.trade_pnl)) if c.num_trades else float("nan")
 
 
-@metric(
-    "average_trade_return", "trading", "Mean return per trade (pnl over entry notional).", unit="fraction"
-)
+@metric("average_trade_return", "trading", "Mean return per trade (pnl over entry notional).", unit="fraction")
 def average_trade_return(c: MetricContext) -> float:
     return float(np.mean(c.trade_return)) if c.num_trades else float("nan")
 

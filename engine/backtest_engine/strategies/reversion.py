@@ -62,9 +62,7 @@ class RsiParams(StrategyParams):
 )
 def rsi_reversion(bars: Bars, p: RsiParams) -> Signals:
     value = bars.rsi(p.period)
-    return Signals(
-        reversion_target(value < p.lower, value > p.upper, crossed(value, p.exit_level), p.allow_short)
-    )
+    return Signals(reversion_target(value < p.lower, value > p.upper, crossed(value, p.exit_level), p.allow_short))
 
 
 class BollingerParams(StrategyParams):
@@ -83,9 +81,7 @@ def bollinger_reversion(bars: Bars, p: BollingerParams) -> Signals:
     middle, width = bars.sma(p.period), p.num_std * bars.std(p.period)
     close = bars.close
     return Signals(
-        reversion_target(
-            close < middle - width, close > middle + width, crossed(close, middle), p.allow_short
-        )
+        reversion_target(close < middle - width, close > middle + width, crossed(close, middle), p.allow_short)
     )
 
 

@@ -56,12 +56,8 @@ def first_break(close: FloatArray, pivots: IntArray, levels: FloatArray, right: 
 
 
 class PivotBosParams(StrategyParams):
-    left: int = Field(
-        5, ge=1, le=500, description="bars left of a pivot that must be lower (higher for lows)"
-    )
-    right: int = Field(
-        5, ge=1, le=500, description="bars right of a pivot; the pivot is confirmed after them"
-    )
+    left: int = Field(5, ge=1, le=500, description="bars left of a pivot that must be lower (higher for lows)")
+    right: int = Field(5, ge=1, le=500, description="bars right of a pivot; the pivot is confirmed after them")
     allow_short: bool = Field(True, description="short on a bearish BOS instead of going flat")
     success_horizon: int = Field(
         10, ge=1, le=10_000, description="bars after a BOS at which its success is judged (metrics only)"

@@ -129,9 +129,7 @@ def test_rolling_statistics_match_pandas_rolling_windows_when_sampled_at_the_sam
     sharpe = (rolling.mean() / rolling.std() * np.sqrt(252)).to_numpy()
     ends = [*range(window - 1, 2_000, window // 20), 1_999]  # window ends every 3 bars, plus the last
     sampled = sharpe[sorted(set(ends))]
-    metrics = compute_metrics(
-        context, ["rolling_sharpe_mean", "rolling_sharpe_min", "rolling_volatility_max"]
-    )
+    metrics = compute_metrics(context, ["rolling_sharpe_mean", "rolling_sharpe_min", "rolling_volatility_max"])
     assert metrics["rolling_sharpe_mean"] == pytest.approx(sampled.mean(), rel=1e-9)
     assert metrics["rolling_sharpe_min"] == pytest.approx(sampled.min(), rel=1e-9)
     volatility = (rolling.std() * np.sqrt(252)).to_numpy()[sorted(set(ends))]
