@@ -21,6 +21,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BASE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
+BASELINE_CODES = ("200", "500", "502", "503", "504", "transport", "timeout")
+"""Status codes whose series exist from the start for every track."""
+
+
 def latency_buckets(objective_seconds: float, extra: Iterable[float] = ()) -> tuple[float, ...]:
     """Histogram bounds that contain the latency objective, so `le="<objective>"` counts slow exactly.
 
@@ -65,8 +69,11 @@ class RouterMetrics:
         # Children resolved once: `.labels()` takes a lock and hashes on every call.
         self._duration_children = {track: self.duration.labels(track=track.value) for track in Track}
         self._request_children: dict[tuple[Track, str], Any] = {}
-        for track in Track:  # expose zeros from the start so rate() has a baseline
-            self.requests.labels(track=track.value, code="200")
+        # Expose zeros from the start, failures included: increase() cannot count a series' first sample,
+        # so a 5xx series born with its first error would hide that error from the operator's queries.
+        for track in Track:
+            for code in BASELINE_CODES:
+                self._request_children[(track, code)] = self.requests.labels(track=track.value, code=code)
         for reason in FallbackReason:
             self.fallbacks.labels(reason=reason.value)
 

@@ -46,3 +46,11 @@ def test_snapshot_counts_errors_when_canary_fails():
 def test_config_is_refused_when_canary_timeout_does_not_exceed_objective():
     with pytest.raises(ConfigError, match="must exceed"):
         RouterConfig("http://s", "http://c", latency_objective_seconds=2.0, canary_timeout_seconds=2.0).validate()
+
+
+def test_failure_series_exist_at_zero_before_any_failure_when_router_starts():
+    """increase() ignores a series' first sample: an error series born with its first error hides it."""
+    text = RouterMetrics().exposition().decode()
+    for track in ("stable", "canary"):
+        for code in ("500", "503", "transport", "timeout"):
+            assert f'backtest_router_requests_total{{code="{code}",track="{track}"}} 0.0' in text
