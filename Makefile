@@ -28,9 +28,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## Regenerate crds/ from the pydantic models (a test fails when it is stale).
+## Regenerate crds/ and the chart's copy from the pydantic models (a test fails when either is stale).
+CRD_FILE := backtest.dev_backtestservices.yaml
 crds: setup
-	$(BIN)/python -m backtest_operator.crd > crds/backtest.dev_backtestservices.yaml
+	$(BIN)/python -m backtest_operator.crd > crds/$(CRD_FILE)
+	cp crds/$(CRD_FILE) charts/backtest-operator/crds/$(CRD_FILE)
 
 ## System packages the tests need (Prometheus from Debian); skipped when already installed.
 deps-system:
