@@ -7,7 +7,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from backtest_devtools.chart import operator_cluster_role
+from backtest_devtools import chart
 
 pytestmark = pytest.mark.cluster
 
@@ -31,7 +31,7 @@ def service_account_client(k8s_api, cluster, namespace: str, name: str) -> k8s.A
 @pytest.fixture(scope="module")
 def operator_cluster_role(k8s_api) -> str:
     rbac = k8s.RbacAuthorizationV1Api(k8s_api)
-    body = operator_cluster_role()
+    body = chart.operator_cluster_role()
     name = body["metadata"]["name"]
     try:
         rbac.create_cluster_role(body)
