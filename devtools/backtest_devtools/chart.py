@@ -74,3 +74,20 @@ def render(
         args += ["--set", item]
     result = helm(settings, *args, check=True)
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+# prometheus-operator's own CRDs (ServiceMonitor, PodMonitor, PrometheusRule), from its Go module, so the
+# chart's monitoring objects can be dry-run against the local API server like everything else.
+PROMETHEUS_OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
+PROMETHEUS_OPERATOR_VERSION = "v0.85.0"
+MONITORING_CRDS = ("servicemonitors", "podmonitors", "prometheusrules")
+
+
+def monitoring_crds(settings: Settings) -> list[dict[str, Any]]:
+    """The CRDs of the monitoring.coreos.com kinds the chart renders."""
+    folder = build.module_dir(settings, PROMETHEUS_OPERATOR_MODULE, PROMETHEUS_OPERATOR_VERSION)
+    crds: list[dict[str, Any]] = []
+    for plural in MONITORING_CRDS:
+        path = folder / "example" / "prometheus-operator-crd" / f"monitoring.coreos.com_{plural}.yaml"
+        crds.append(yaml.safe_load(path.read_text()))
+    return crds

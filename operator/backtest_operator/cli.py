@@ -95,6 +95,10 @@ def _run(args: argparse.Namespace) -> int:
     import backtest_operator.handlers  # noqa: F401, PLC0415 - registers the handlers
 
     namespaces = args.namespace or []
+    # kopf.run() leaves logging unconfigured and kopf's object logger only feeds Event posting (turned off
+    # for log lines), so without this a running operator printed nothing, not even RBAC denials.
+    # INFO to stderr, each object's line prefixed with its namespace/name.
+    kopf.configure(log_prefix=True)
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
