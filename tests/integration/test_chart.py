@@ -105,6 +105,16 @@ def test_helm_is_the_cached_release_when_asked_its_version(devtools_settings):
     assert result.stdout.startswith(chart.build.HELM.version)
 
 
+def test_helm_assumes_the_kubernetes_version_of_its_client_go_when_built(devtools_settings):
+    """HELM_KUBE_VERSION (the -X flags) must follow helm's go.mod when HELM.version changes."""
+    go_mod = (
+        chart.build.module_dir(devtools_settings, chart.build.HELM.module, chart.build.HELM.version) / "go.mod"
+    ).read_text()
+    client_go = re.search(r"k8s.io/client-go v0\.(\d+)\.", go_mod)
+    assert client_go is not None
+    assert ("1", client_go.group(1)) == chart.build.HELM_KUBE_VERSION
+
+
 def test_template_renders_only_the_operator_objects_when_values_are_defaults(default_objects):
     assert {obj["kind"] for obj in default_objects} == CORE_KINDS
     assert all(obj["metadata"]["name"] == "backtest-operator" for obj in default_objects if obj["kind"] != "Service")
