@@ -27,6 +27,10 @@ from kubernetes.client.exceptions import ApiException
 
 from backtest_devtools import chart, processes
 from backtest_devtools.fixtures import _wait_established
+from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
+from backtest_operator.cli import build_parser
+from backtest_operator.traffic import router_provider
+from backtest_operator.workloads import Owner, WorkloadDefaults
 
 pytestmark = pytest.mark.cluster
 
@@ -209,6 +213,30 @@ def test_monitoring_objects_render_when_monitoring_is_enabled(monitoring_objects
     assert routers["spec"]["namespaceSelector"] == {"any": True}
     relabel = routers["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
     assert relabel["targetLabel"] == "service"
+
+
+def test_router_pod_monitor_selects_the_router_pods_the_operator_creates_when_rendered(monitoring_objects):
+    owner = Owner(name="quant", namespace="research", uid="uid-1")
+    spec = BacktestServiceSpec.model_validate({"image": "backtest-engine:1.0.0"})
+    manifests = router_provider(owner, spec, BacktestServiceStatus(), WorkloadDefaults())
+    pod = next(m for m in manifests if m["kind"] == "Deployment")["spec"]["template"]
+    selector = one(monitoring_objects, "PodMonitor")["spec"]
+
+    assert selector["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    for expression in selector["selector"]["matchExpressions"]:
+        assert expression["key"] in pod["metadata"]["labels"]
+    ports = {port["name"] for port in pod["spec"]["containers"][0]["ports"]}
+    assert selector["podMetricsEndpoints"][0]["port"] in ports
+
+
+def test_default_operator_args_parse_with_the_operator_cli_when_rendered(default_objects):
+    args = one(default_objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    parsed = build_parser().parse_args(args)
+
+    assert parsed.command == "run"
+    assert parsed.all_namespaces is True
+    assert parsed.liveness == "http://0.0.0.0:8080/healthz"
 
 
 def test_dashboard_is_grafana_json_with_the_rollout_panels_when_rendered(monitoring_objects):
