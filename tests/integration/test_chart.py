@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -26,7 +27,6 @@ from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
 
 from backtest_devtools import chart, processes
-from backtest_devtools.fixtures import _wait_established
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
 from backtest_operator.cli import build_parser
 from backtest_operator.traffic import router_provider
@@ -68,8 +68,6 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def free_port() -> int:
-    import socket  # noqa: PLC0415 - only the operator test needs a port
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -456,9 +454,14 @@ def monitoring_crds_installed(k8s_api, devtools_settings) -> list[str]:
         except ApiException as error:
             if error.status != 409:
                 raise
-        _wait_established(extensions, name)
+        assert processes.wait_until(lambda name=name: established(extensions, name), 30, 0.2), f"{name} not Established"
         names.append(name)
     return names
+
+
+def established(extensions: k8s.ApiextensionsV1Api, name: str) -> bool:
+    conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
 
 
 def dry_run_apply(api: dynamic.DynamicClient, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
