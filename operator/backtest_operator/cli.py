@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -99,6 +100,7 @@ def _run(args: argparse.Namespace) -> int:
     # for log lines), so without this a running operator printed nothing, not even RBAC denials.
     # INFO to stderr, each object's line prefixed with its namespace/name.
     kopf.configure(log_prefix=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # not one line per liveness probe
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
