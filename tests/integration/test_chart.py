@@ -491,6 +491,22 @@ def test_every_rendered_object_passes_a_server_side_dry_run_when_applied(
     assert not k8s.AppsV1Api(k8s_api).list_namespaced_deployment(namespace).items
 
 
+def test_helm_install_server_dry_run_succeeds_and_prints_the_crd_upgrade_note_when_run_against_the_cluster(
+    cluster, devtools_settings, crd_installed, monitoring_crds_installed, namespace
+):
+    """helm's own view: `helm install --dry-run=server` looks the release up on the API server and
+    renders NOTES.txt, which reminds of the CRD upgrade path."""
+    args = [item for value in MONITORING for item in ("--set", value)]
+    result = chart.helm(
+        devtools_settings, "install", "dry", str(chart.CHART_DIR), "--namespace", namespace, "--dry-run=server",
+        "--kubeconfig", str(cluster.kubeconfig), *args,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "STATUS: pending-install" in result.stdout
+    assert "kubectl apply --server-side --force-conflicts" in result.stdout
+
+
 def test_dry_run_is_rejected_by_the_api_server_when_a_rendered_object_is_invalid(k8s_api, devtools_settings, namespace):
     deployment = one(chart.render(devtools_settings, namespace=namespace), "Deployment")
     deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = 0
