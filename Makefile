@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint crds clean deps-system cluster-build cluster-up cluster-down cluster-status \
-	bench-router bench-engine bench-operator engine-docs e2e
+.PHONY: setup test unit lint crds clean deps-system cluster-build helm-build cluster-up cluster-down cluster-status \
+	bench-router bench-engine bench-operator engine-docs e2e chart-lint chart-test
 
 setup: $(STAMP)
 
@@ -29,9 +29,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## Regenerate crds/ from the pydantic models (a test fails when it is stale).
+## Regenerate crds/ and the chart's copy from the pydantic models (a test fails when either is stale).
+CRD_FILE := backtest.dev_backtestservices.yaml
 crds: setup
-	$(BIN)/python -m backtest_operator.crd > crds/backtest.dev_backtestservices.yaml
+	$(BIN)/python -m backtest_operator.crd > crds/$(CRD_FILE)
+	cp crds/$(CRD_FILE) charts/backtest-operator/crds/$(CRD_FILE)
 
 ## System packages the tests need (Prometheus and PostgreSQL from Debian); skipped when already installed.
 deps-system:
@@ -42,9 +44,25 @@ deps-system:
 	  echo "installing the Debian package postgresql"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
 
-## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok once (cached by version).
+## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm once (cached by version).
 cluster-build: setup
 	$(BIN)/python -m backtest_devtools.cluster build
+
+## helm is one of the cached builds (backtest_devtools.build.HELM); this is the same build under its own name.
+helm-build: cluster-build
+
+HELM = $(shell $(BIN)/python -c 'from backtest_devtools import chart, config; print(chart.helm_binary(config.load_settings()))')
+
+## Lint the Helm chart with the cached helm (default values, then every monitoring object enabled).
+chart-lint: helm-build
+	$(HELM) lint --strict charts/backtest-operator
+	$(HELM) lint --strict charts/backtest-operator --set monitoring.serviceMonitor.enabled=true \
+	  --set monitoring.routerPodMonitor.enabled=true --set monitoring.prometheusRule.enabled=true \
+	  --set monitoring.grafanaDashboard.enabled=true
+
+## The chart's and the images' tests: lint, template, schema, promtool, dry-run, operator under the chart's RBAC.
+chart-test: setup deps-system helm-build
+	$(BIN)/python -m pytest tests/integration/test_chart.py tests/unit/images
 
 ## Start the local control plane in .cluster/ (idempotent); the last line is `export KUBECONFIG=...`.
 cluster-up: setup

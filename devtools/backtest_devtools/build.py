@@ -96,7 +96,35 @@ KWOK = GoRelease(
     programs={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
     ldflags=_kwok_ldflags,
 )
-RELEASES: tuple[GoRelease, ...] = (ETCD, KWOK, KUBERNETES)
+
+
+# helm v3.22.0's go.mod requires k8s.io/client-go v0.37.0; helm's Makefile turns that into the Kubernetes
+# version that `helm template` and `helm lint` assume (.Capabilities.KubeVersion, deprecation checks).
+# Without these flags helm would assume v1.20. Update together with HELM.version.
+HELM_KUBE_VERSION = ("1", "37")
+
+
+def _helm_ldflags(release: GoRelease) -> list[str]:
+    """The -X flags of helm's Makefile for a tagged release (empty metadata: not "unreleased")."""
+    major, minor = HELM_KUBE_VERSION
+    flags = [
+        f"-X helm.sh/helm/v3/internal/version.version={release.version}",
+        "-X helm.sh/helm/v3/internal/version.metadata=",
+        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+    ]
+    for package in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        flags += [f"-X {package}.k8sVersionMajor={major}", f"-X {package}.k8sVersionMinor={minor}"]
+    return flags
+
+
+HELM = GoRelease(
+    label="helm",
+    module="helm.sh/helm/v3",
+    version="v3.22.0",
+    programs={"helm": "helm.sh/helm/v3/cmd/helm"},
+    ldflags=_helm_ldflags,
+)
+RELEASES: tuple[GoRelease, ...] = (ETCD, KWOK, KUBERNETES, HELM)
 
 
 def binary(settings: Settings, name: str) -> Path:

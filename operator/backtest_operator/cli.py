@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -95,6 +96,11 @@ def _run(args: argparse.Namespace) -> int:
     import backtest_operator.handlers  # noqa: F401, PLC0415 - registers the handlers
 
     namespaces = args.namespace or []
+    # kopf.run() leaves logging unconfigured and kopf's object logger only feeds Event posting (turned off
+    # for log lines), so without this a running operator printed nothing, not even RBAC denials.
+    # INFO to stderr, each object's line prefixed with its namespace/name.
+    kopf.configure(log_prefix=True)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # not one line per liveness probe
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,

@@ -5,7 +5,7 @@ for those pods, started from the same entry points as the images: a stable and a
 (``backtest-engine serve``), and the router (``backtest-engine router``) reading its weight from the
 ConfigMap the operator writes, through the real API server. Prometheus scrapes the router with the labels
 service discovery would add in a cluster, and the operator runs as a separate process under the
-ClusterRole the chart ships (``deploy/rbac/operator-clusterrole.yaml``).
+ClusterRole the chart ships (its rules: ``charts/backtest-operator/files/operator-rules.yaml``).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from backtest_devtools import processes
+from backtest_devtools.chart import operator_cluster_role
 from backtest_devtools.prometheus import PrometheusServer, ScrapeJob
 
 GROUP, VERSION, PLURAL = "backtest.dev", "v1alpha1", "backtestservices"
 ROOT = Path(__file__).parents[2]
-CLUSTER_ROLE_FILE = ROOT / "deploy" / "rbac" / "operator-clusterrole.yaml"
 BIN = Path(sys.executable).parent
 API_KEY = "e2e-key"
 NAME = "quant"
@@ -203,7 +203,7 @@ class Lab:
     def _operator_identity(self) -> Path:
         """A kubeconfig for a ServiceAccount bound to the operator's ClusterRole, and nothing else."""
         rbac = k8s.RbacAuthorizationV1Api(self.api)
-        role = yaml.safe_load(CLUSTER_ROLE_FILE.read_text())
+        role = operator_cluster_role()
         try:
             rbac.create_cluster_role(role)
         except ApiException as error:

@@ -1,18 +1,16 @@
 """RBAC is enforced: an identity without rights gets 403, one bound to the operator's ClusterRole
-(deploy/rbac/operator-clusterrole.yaml, reused by the Helm chart) can do the operator's work."""
+(the rules in charts/backtest-operator/files/operator-rules.yaml) can do the operator's work."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from backtest_devtools import chart
+
 pytestmark = pytest.mark.cluster
 
-CLUSTER_ROLE_FILE = Path(__file__).parents[2] / "deploy" / "rbac" / "operator-clusterrole.yaml"
 GROUP, VERSION, PLURAL = "backtest.dev", "v1alpha1", "backtestservices"
 
 
@@ -33,7 +31,7 @@ def service_account_client(k8s_api, cluster, namespace: str, name: str) -> k8s.A
 @pytest.fixture(scope="module")
 def operator_cluster_role(k8s_api) -> str:
     rbac = k8s.RbacAuthorizationV1Api(k8s_api)
-    body = yaml.safe_load(CLUSTER_ROLE_FILE.read_text())
+    body = chart.operator_cluster_role()
     name = body["metadata"]["name"]
     try:
         rbac.create_cluster_role(body)

@@ -1,6 +1,15 @@
 """The wrapper go.mod derived from a release's own go.mod pins every local replace to a published version."""
 
-from backtest_devtools.build import ETCD, KUBERNETES, local_replaces, published_version, wrapper_go_mod
+from backtest_devtools.build import (
+    ETCD,
+    HELM,
+    HELM_KUBE_VERSION,
+    KUBERNETES,
+    RELEASES,
+    local_replaces,
+    published_version,
+    wrapper_go_mod,
+)
 
 KUBE_GO_MOD = """module k8s.io/kubernetes
 
@@ -58,3 +67,18 @@ def test_wrapper_go_mod_has_no_replace_block_when_the_release_has_no_local_repla
 
     assert "replace" not in text
     assert "go 1.25" in text
+
+
+def test_helm_ldflags_stamp_the_release_and_its_kubernetes_version_when_built():
+    flags = " ".join(HELM.ldflags(HELM))
+
+    assert f"-X helm.sh/helm/v3/internal/version.version={HELM.version}" in flags
+    major, minor = HELM_KUBE_VERSION
+    for package in ("helm.sh/helm/v3/pkg/chartutil", "helm.sh/helm/v3/pkg/lint/rules"):
+        assert f"-X {package}.k8sVersionMajor={major}" in flags
+        assert f"-X {package}.k8sVersionMinor={minor}" in flags
+
+
+def test_helm_is_built_with_the_control_plane_when_releases_are_listed():
+    assert HELM in RELEASES
+    assert HELM.programs == {"helm": "helm.sh/helm/v3/cmd/helm"}

@@ -7,7 +7,9 @@ import yaml
 
 from backtest_operator.crd import render_yaml
 
-CRD_FILE = Path(__file__).parents[3] / "crds" / "backtest.dev_backtestservices.yaml"
+ROOT = Path(__file__).parents[3]
+CRD_FILE = ROOT / "crds" / "backtest.dev_backtestservices.yaml"
+CHART_CRD_FILE = ROOT / "charts" / "backtest-operator" / "crds" / CRD_FILE.name
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -30,6 +32,10 @@ def _root_schema() -> dict[str, Any]:
 
 def test_committed_crd_matches_models_when_regenerated():
     assert CRD_FILE.read_text() == render_yaml(), "crds/ is stale: run `make crds`"
+
+
+def test_chart_crd_matches_models_when_regenerated():
+    assert CHART_CRD_FILE.read_text() == render_yaml(), "the chart's crds/ copy is stale: run `make crds`"
 
 
 def test_every_schema_node_is_structural_when_generated():
