@@ -13,36 +13,25 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from backtest_devtools import processes
 from backtest_devtools.chart import operator_cluster_role
+from backtest_devtools.kubeconfig import service_account_kubeconfig
 from backtest_devtools.prometheus import PrometheusServer, ScrapeJob
+from backtest_devtools.stack import Stack, free_port
 
 GROUP, VERSION, PLURAL = "backtest.dev", "v1alpha1", "backtestservices"
 ROOT = Path(__file__).parents[2]
-BIN = Path(sys.executable).parent
-API_KEY = "e2e-key"
 NAME = "quant"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def fast_spec(prometheus_url: str, image: str = "backtest-engine:1.0.0", **overrides: Any) -> dict[str, Any]:
@@ -73,51 +62,6 @@ def fast_spec(prometheus_url: str, image: str = "backtest-engine:1.0.0", **overr
     return spec
 
 
-@dataclass
-class Traffic:
-    """Steady traffic through the router from several client threads, counting what clients see.
-
-    Several threads keep the rate when some answers are slow (a canary timing out must not throttle
-    the load that is supposed to reveal it).
-    """
-
-    url: str
-    rate: float
-    clients: int = 8
-    sent: int = 0
-    client_errors: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> Traffic:
-        for index in range(self.clients):
-            thread = threading.Thread(target=self._run, args=(index,), name=f"traffic-{index}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-        return self
-
-    def _run(self, index: int) -> None:
-        period = self.clients / self.rate
-        with httpx.Client(timeout=10.0, headers={"X-API-Key": API_KEY}) as client:
-            next_at = time.monotonic() + index * period / self.clients
-            while not self._stop.is_set():
-                try:
-                    failed = client.get(f"{self.url}/api/v1/strategies").status_code >= 500
-                except httpx.HTTPError:
-                    failed = True
-                with self._lock:
-                    self.sent += 1
-                    self.client_errors += int(failed)
-                next_at += period
-                self._stop.wait(max(0.0, next_at - time.monotonic()))
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=15)
-
-
 class Lab:
     def __init__(
         self, cluster: Any, k8s_api: Any, namespace: str, start_prometheus: Callable[[list[ScrapeJob]], Any],
@@ -126,7 +70,7 @@ class Lab:
         self.cluster, self.api, self.namespace, self.workdir = cluster, k8s_api, namespace, workdir
         self.custom = k8s.CustomObjectsApi(k8s_api)
         self.core = k8s.CoreV1Api(k8s_api)
-        self.started: list[processes.Managed] = []
+        self.stack = Stack(workdir)
         self.router_port = free_port()
         self.prometheus: PrometheusServer = start_prometheus(
             [ScrapeJob("router", (f"127.0.0.1:{self.router_port}",), labels={"namespace": namespace, "service": NAME})]
@@ -136,45 +80,22 @@ class Lab:
         self.operator_kubeconfig = self._operator_identity()
 
     # processes -------------------------------------------------------------------------------------
-    def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> processes.Managed:
-        managed = processes.start(
-            name, command, run_dir=self.workdir / "run", log_dir=self.workdir / "logs",
-            owner_mark=command[0], die_with_parent=True, env=env,
-        )  # fmt: skip
-        self.started.append(managed)
-        return managed
-
     def start_engine(self, track: str, **faults: str) -> str:
         """An engine process for one track; faults are ENGINE_FAULT_* settings. Returns its URL."""
         port = free_port()
-        env = {"ENGINE_API_KEYS": API_KEY, "ENGINE_TRACK": track, "ENGINE_VERSION": f"e2e-{track}",
-               "DATABASE_URL": f"sqlite:///{self.workdir / f'{track}.db'}", **faults}  # fmt: skip
-        self._start(f"engine-{track}", [str(BIN / "backtest-engine"), "serve", "--host", "127.0.0.1",
-                                        "--port", str(port)], env)  # fmt: skip
-        self._wait_http(f"http://127.0.0.1:{port}/api/v1/health", f"engine-{track}")
+        self.stack.engine(track, port, {"ENGINE_VERSION": f"e2e-{track}", **faults})
         return f"http://127.0.0.1:{port}"
 
-    def start_router(self, stable: str, canary: str, objective: str = "0.5") -> str:
-        command = [
-            str(BIN / "backtest-engine"), "router", "--stable", stable, "--canary", canary,
-            "--weight-configmap", f"{self.namespace}/{NAME}-weight", "--host", "127.0.0.1",
-            "--port", str(self.router_port), "--latency-objective", objective, "--canary-timeout", "1",
-        ]  # fmt: skip
-        self._start("router", command, {"KUBECONFIG": str(self.cluster.kubeconfig)})
-        self._wait_http(f"http://127.0.0.1:{self.router_port}/router/health", "router")
+    def start_router(self, stable: str, canary: str) -> str:
+        self.stack.router(stable, canary, f"{self.namespace}/{NAME}-weight", self.router_port,
+                          self.cluster.kubeconfig, objective_seconds=0.5)  # fmt: skip
         self.prometheus.wait_for_targets()
         return f"http://127.0.0.1:{self.router_port}"
 
     def start_operator(self) -> processes.Managed:
-        self.operator_metrics = f"http://127.0.0.1:{free_port()}/metrics"
-        env = {
-            "KUBECONFIG": str(self.operator_kubeconfig),
-            "OPERATOR_METRICS_PORT": self.operator_metrics.split(":")[2].split("/")[0],
-            "OPERATOR_METRICS_HOST": "127.0.0.1",
-        }
-        command = [str(BIN / "backtest-operator"), "run", "--namespace", self.namespace,
-                   "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]  # fmt: skip
-        self.operator = self._start("operator", command, env)
+        port = free_port()
+        self.operator_metrics = f"http://127.0.0.1:{port}/metrics"
+        self.operator = self.stack.operator(self.namespace, self.operator_kubeconfig, port)
         return self.operator
 
     def kill_operator(self) -> None:
@@ -185,19 +106,8 @@ class Lab:
             os.kill(pid, signal.SIGKILL)
         processes.wait_until(lambda: not self.operator.is_running(), 10)  # type: ignore[union-attr]
 
-    def _wait_http(self, url: str, what: str, timeout: float = 30.0) -> None:
-        def up() -> bool:
-            try:
-                return httpx.get(url, timeout=1.0).status_code < 500
-            except httpx.HTTPError:
-                return False
-
-        if not processes.wait_until(up, timeout, 0.2):
-            pytest.fail(f"{what} did not answer at {url} within {timeout:.0f}s (logs: {self.workdir / 'logs'})")
-
     def close(self) -> None:
-        for managed in reversed(self.started):
-            processes.stop(managed, grace=5.0)
+        self.stack.close()
 
     # identity --------------------------------------------------------------------------------------
     def _operator_identity(self) -> Path:
@@ -220,19 +130,10 @@ class Lab:
             subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name=account, namespace=self.namespace)],
         )
         rbac.create_cluster_role_binding(binding)
-        request = k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
-        token = self.core.create_namespaced_service_account_token(account, self.namespace, request).status.token
-        config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-            "clusters": [{"name": "local", "cluster": {"server": self.cluster.server,
-                                                       "certificate-authority": str(self.cluster.pki.ca.cert)}}],
-            "users": [{"name": "operator", "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator",
-                                                          "namespace": self.namespace}}],
-        }  # fmt: skip
-        path = self.workdir / "operator.kubeconfig"
-        path.write_text(yaml.safe_dump(config))
-        return path
+        return service_account_kubeconfig(
+            self.core, self.workdir / "operator.kubeconfig", self.cluster.server, self.cluster.pki.ca.cert,
+            self.namespace, account,
+        )  # fmt: skip
 
     # the BacktestService ---------------------------------------------------------------------------
     def apply(self, spec: dict[str, Any]) -> None:

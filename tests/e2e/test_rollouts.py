@@ -7,7 +7,9 @@ import time
 import pytest
 from kubernetes import client as k8s
 
-from .lab import NAME, Lab, Traffic, fast_spec, lab
+from backtest_devtools.stack import Traffic, strategies_request
+
+from .lab import NAME, Lab, fast_spec, lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
 
@@ -30,7 +32,7 @@ def start_release(rollout_lab: Lab, traffic_rate: float = 60.0, **spec_overrides
     rollout_lab.start_operator()
     rollout_lab.apply(fast_spec(rollout_lab.prometheus.url, **spec_overrides))
     rollout_lab.wait(_healthy, 60, "first revision healthy")
-    traffic = Traffic(router, traffic_rate).start() if traffic_rate else None
+    traffic = Traffic(strategies_request(router), traffic_rate).start() if traffic_rate else None
     rollout_lab.patch({"spec": {"image": "backtest-engine:2.0.0"}})
     return traffic
 

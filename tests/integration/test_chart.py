@@ -27,6 +27,7 @@ from kubernetes import dynamic
 from kubernetes.client.exceptions import ApiException
 
 from backtest_devtools import chart, processes
+from backtest_devtools.kubeconfig import service_account_kubeconfig
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
 from backtest_operator.cli import build_parser
 from backtest_operator.traffic import router_provider
@@ -547,20 +548,10 @@ def chart_identity(k8s_api, cluster, devtools_settings, namespace, tmp_path) -> 
         created.append(("role", role["metadata"]["name"]))
         rbac.create_cluster_role_binding(binding)
         created.append(("binding", binding["metadata"]["name"]))
-        request = k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))
-        token = core.create_namespaced_service_account_token(
-            account["metadata"]["name"], namespace, request
-        ).status.token
-        config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "operator",
-            "clusters": [{"name": "local", "cluster": {"server": cluster.server,
-                                                       "certificate-authority": str(cluster.pki.ca.cert)}}],
-            "users": [{"name": "operator", "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator",
-                                                          "namespace": namespace}}],
-        }  # fmt: skip
-        kubeconfig = tmp_path / f"{release}.kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump(config))
+        kubeconfig = service_account_kubeconfig(
+            core, tmp_path / f"{release}.kubeconfig", cluster.server, cluster.pki.ca.cert, namespace,
+            account["metadata"]["name"],
+        )  # fmt: skip
         # The container's own command line and environment, as the chart renders them; only the listen
         # addresses change (a pod owns its ports, a test process shares the machine).
         container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
