@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test unit lint crds clean deps-system cluster-build helm-build cluster-up cluster-down cluster-status \
-	bench-router bench-engine bench-operator engine-docs e2e chart-lint chart-test
+	bench-router bench-engine bench-operator engine-docs e2e chart-lint chart-test demo
 
 setup: $(STAMP)
 
@@ -82,6 +82,10 @@ bench-router: setup
 ## Operator memory with 100 BacktestServices against a baseline of none (bench/results/operator.json).
 bench-operator: setup deps-system cluster-build
 	$(BIN)/python bench/operator_memory.py --objects 100
+
+## The whole story on one machine: a healthy release promoted, a faulty one rolled back (demo-summary.json).
+demo: setup deps-system cluster-build
+	$(BIN)/python -m backtest_devtools.demo --summary demo-summary.json
 
 ## End-to-end rollouts only (brings up the control plane, Prometheus, engines, router and the operator).
 e2e: setup deps-system cluster-build

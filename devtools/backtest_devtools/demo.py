@@ -103,7 +103,7 @@ class Watcher:
         status: dict[str, Any] = body.get("status") or {}
         verdict = (status.get("lastAnalysis") or {}).get("verdict", "-")
         key = (status.get("phase"), status.get("stepName"), status.get("canaryWeight"), status.get("message"))
-        if key != self.last:
+        if key != self.last and status:
             self._track_phase(status)
             elapsed = time.monotonic() - self.started
             width = shutil.get_terminal_size((120, 20)).columns
@@ -261,7 +261,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
     parser.add_argument("--summary", type=Path, default=Path("demo-summary.json"))
-    parser.add_argument("--rate", type=float, default=20.0, help="backtest requests per second (default 20)")
+    parser.add_argument("--rate", type=float, default=40.0, help="backtest requests per second (default 40)")
     parser.add_argument("--use-kubeconfig", action="store_true",
                         help="target the cluster KUBECONFIG points at instead of a local control plane")  # fmt: skip
     args = parser.parse_args(argv)

@@ -67,10 +67,11 @@ class Stack:
 
     def router(self, stable: str, canary: str, configmap: str, port: int, kubeconfig: Path,
                objective_seconds: float) -> processes.Managed:  # fmt: skip
+        """The router in front of both tracks; a canary attempt is abandoned half a second past the objective."""
         command = [
             str(BIN / "backtest-engine"), "router", "--stable", stable, "--canary", canary,
             "--weight-configmap", configmap, "--host", "127.0.0.1", "--port", str(port),
-            "--latency-objective", f"{objective_seconds:g}", "--canary-timeout", "1",
+            "--latency-objective", f"{objective_seconds:g}", "--canary-timeout", f"{objective_seconds + 0.5:g}",
         ]  # fmt: skip
         managed = self.start("router", command, {"KUBECONFIG": str(kubeconfig)})
         wait_http(f"http://127.0.0.1:{port}/router/health", "router", managed.log)

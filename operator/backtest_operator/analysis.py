@@ -26,7 +26,7 @@ from backtest_operator.api import (
     Phase,
     TrackNumbers,
     Verdict,
-    format_duration,
+    brief_duration,
 )
 
 
@@ -135,7 +135,7 @@ def trigger_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) ->
     canary, stable, window = obs.canary_recent, obs.stable_recent, obs.recent_window
     if canary.requests < rules.min_requests and obs.canary_phase.requests >= rules.min_requests:
         canary, stable, window = obs.canary_phase, obs.stable_phase, obs.phase_window
-    where = f"over the last {format_duration(window)}"
+    where = f"over the last {brief_duration(window)}"
     if canary.requests < rules.min_requests:
         for name in ("error_rate_trigger", "fallback_rate_trigger", "latency_trigger"):
             checks.append(_too_few(name, canary.requests, rules.min_requests, where))
@@ -229,7 +229,7 @@ def _latency_trigger(spec: BacktestServiceSpec, canary: TrackNumbers, stable: Tr
 
 def phase_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) -> list[CheckResult]:
     """The checks that decide whether a phase may advance, over the phase so far."""
-    canary, where = obs.canary_phase, f"over {format_duration(obs.phase_window)}"
+    canary, where = obs.canary_phase, f"over {brief_duration(obs.phase_window)}"
     needed = spec.analysis.min_requests
     if canary.requests < needed:
         return [_too_few("requests", canary.requests, needed, where)]
@@ -348,7 +348,7 @@ def _latency_comparison(spec: BacktestServiceSpec, obs: Observation) -> CheckRes
 def bake_checks(spec: BacktestServiceSpec, obs: Observation) -> list[CheckResult]:
     """After promotion the new revision serves as stable; the absolute triggers still guard it."""
     rules, track = spec.rollback, obs.stable_recent
-    where = f"over the last {format_duration(obs.recent_window)}"
+    where = f"over the last {brief_duration(obs.recent_window)}"
     checks: list[CheckResult] = []
     if rules.on_unhealthy:
         checks.append(

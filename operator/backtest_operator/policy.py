@@ -37,7 +37,7 @@ from backtest_operator.api import (
     Phase,
     RolloutPhase,
     Verdict,
-    format_duration,
+    brief_duration,
 )
 from backtest_operator.conditions import derive_conditions
 from backtest_operator.controls import NO_CONTROLS, Controls
@@ -259,7 +259,7 @@ def _enter_step(ctx: _Context, status: BacktestServiceStatus, index: int, action
         phase=RolloutPhase.PROGRESSING,
         paused_at=None,
     )
-    reason = f"{why}; phase {phase.name}: {phase.weight}% of traffic for at least {format_duration(phase.duration)}"
+    reason = f"{why}; phase {phase.name}: {phase.weight}% of traffic for at least {brief_duration(phase.duration)}"
     return Decision(action, status, reason, (Event("Normal", "PhaseStarted", reason),))
 
 
@@ -340,7 +340,7 @@ def _waiting_for_canary(ctx: _Context, status: BacktestServiceStatus) -> Decisio
     started = status.rollout_started_at or ctx.now
     deadline = ctx.spec.rollback.progress_deadline
     if ctx.now - started >= deadline:
-        reason = f"rolled back: canary pods not ready {format_duration(deadline)} after the rollout started"
+        reason = f"rolled back: canary pods not ready {brief_duration(deadline)} after the rollout started"
         return _rollback(ctx, status, reason, "progress_deadline")
     return _hold(status, f"waiting for canary pods of revision {status.canary_revision} to become ready")
 
@@ -366,14 +366,14 @@ def _judge(
         held = now - (status.paused_at or now)
         started = (status.phase_started_at or now) + held
         status = status.evolve(phase=RolloutPhase.PROGRESSING, paused_at=None, phase_started_at=started)
-        reason = f"resumed phase {phase.name} after {format_duration(held)} paused (its clock was stopped)"
+        reason = f"resumed phase {phase.name} after {brief_duration(held)} paused (its clock was stopped)"
         return Decision(Action.RESUME, status, reason, (Event("Normal", "Resumed", reason),), checks=tuple(checks))
     elapsed = now - (status.phase_started_at or now)
     if elapsed < phase.duration:
         summary = "; ".join(c.message for c in checks if c.verdict != Verdict.SKIPPED)
         reason = (
-            f"phase {phase.name} ({phase.weight}%): {format_duration(elapsed)} of "
-            f"{format_duration(phase.duration)}; {summary}"
+            f"phase {phase.name} ({phase.weight}%): {brief_duration(elapsed)} of "
+            f"{brief_duration(phase.duration)}; {summary}"
         )
         return _hold(status, reason, checks)
     verdict = overall(checks)
@@ -385,12 +385,12 @@ def _judge(
         )
     if verdict != Verdict.PASS:
         unknown = "; ".join(c.message for c in checks if c.verdict in (Verdict.INCONCLUSIVE, Verdict.ERROR))
-        reason = f"phase {phase.name} has run {format_duration(elapsed)} but is inconclusive: {unknown}; holding"
+        reason = f"phase {phase.name} has run {brief_duration(elapsed)} but is inconclusive: {unknown}; holding"
         return _hold(status, reason, checks)
     if last:
-        return _promote(ctx, status, f"every phase passed, last {phase.name} after {format_duration(elapsed)}")
+        return _promote(ctx, status, f"every phase passed, last {phase.name} after {brief_duration(elapsed)}")
     return _enter_step(
-        ctx, status, index + 1, Action.ADVANCE, f"phase {phase.name} passed after {format_duration(elapsed)}"
+        ctx, status, index + 1, Action.ADVANCE, f"phase {phase.name} passed after {brief_duration(elapsed)}"
     )
 
 

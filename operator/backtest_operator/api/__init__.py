@@ -1,6 +1,6 @@
 """The BacktestService API: pydantic models that are the single source of truth for the CRD."""
 
-from backtest_operator.api.durations import Duration, format_duration, parse_duration
+from backtest_operator.api.durations import Duration, brief_duration, format_duration, parse_duration
 from backtest_operator.api.resource import (
     API_VERSION,
     GROUP,
@@ -66,6 +66,7 @@ __all__ = [
     "TrackNumbers",
     "TrafficSettings",
     "Verdict",
+    "brief_duration",
     "default_phases",
     "format_duration",
     "parse_duration",

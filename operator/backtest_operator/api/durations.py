@@ -60,3 +60,9 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str, when_used="json"),
     WithJsonSchema(_schema("A duration such as 30s, 10m or 1h30m.")),
 ]
+
+
+def brief_duration(value: timedelta) -> str:
+    """For messages: whole seconds once a second has passed ("4s", not "4.119s"), milliseconds below."""
+    seconds = value.total_seconds()
+    return format_duration(timedelta(seconds=round(seconds)) if seconds >= 1 else value)

@@ -1,0 +1,30 @@
+"""`make demo` runs end to end: one promotion, one automatic rollback, a summary file, nothing left running."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
+
+
+def test_demo_promotes_one_release_and_rolls_back_the_faulty_one_when_run(tmp_path):
+    summary_file = tmp_path / "demo-summary.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "backtest_devtools.demo", "--summary", str(summary_file)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(summary_file.read_text())
+    assert (summary["promotions"], summary["rollbacks"]) == (1, 1)
+    assert summary["detection_latency_seconds"] is not None
+    assert summary["requests"] > 0
+    assert summary["client_errors"] == 0  # failed canary requests are re-served by stable
+    rolled_back = summary["releases"][1]
+    assert rolled_back["outcome"] == "rolled_back" and rolled_back["phase"] == "canary"
+    assert "promotions 1, rollbacks 1" in result.stdout
+    leftovers = subprocess.run(["pgrep", "-f", "backtest-demo/quant-weight"], capture_output=True, check=False)
+    assert leftovers.stdout == b"", "the demo left its router running"
