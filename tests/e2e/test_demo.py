@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,5 +27,15 @@ def test_demo_promotes_one_release_and_rolls_back_the_faulty_one_when_run(tmp_pa
     rolled_back = summary["releases"][1]
     assert rolled_back["outcome"] == "rolled_back" and rolled_back["phase"] == "canary"
     assert "promotions 1, rollbacks 1" in result.stdout
-    leftovers = subprocess.run(["pgrep", "-f", "backtest-demo/quant-weight"], capture_output=True, check=False)
-    assert leftovers.stdout == b"", "the demo left its router running"
+    assert not [cmd for cmd in _command_lines() if "backtest-demo/quant-weight" in cmd], "the demo left its router"
+
+
+def _command_lines() -> list[str]:
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            except OSError:
+                continue
+    return lines
