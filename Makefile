@@ -34,6 +34,7 @@ CRD_FILE := backtest.dev_backtestservices.yaml
 crds: setup
 	$(BIN)/python -m backtest_operator.crd > crds/$(CRD_FILE)
 	cp crds/$(CRD_FILE) charts/backtest-operator/crds/$(CRD_FILE)
+	$(BIN)/python -m backtest_operator.reference > docs/backtestservice-reference.md
 
 ## System packages the tests need (Prometheus and PostgreSQL from Debian); skipped when already installed.
 deps-system:

@@ -6,6 +6,7 @@ from typing import Any
 import yaml
 
 from backtest_operator.crd import render_yaml
+from backtest_operator.reference import render_reference
 
 ROOT = Path(__file__).parents[3]
 CRD_FILE = ROOT / "crds" / "backtest.dev_backtestservices.yaml"
@@ -72,3 +73,8 @@ def test_phase_list_has_cel_rules_naming_each_constraint_when_generated():
         "phase names must be unique",
     }
     assert phases["maxItems"] == 10  # bounds the cost of the CEL rules
+
+
+def test_reference_doc_matches_models_when_regenerated():
+    reference = Path(__file__).parents[3] / "docs" / "backtestservice-reference.md"
+    assert reference.read_text() == render_reference(), "docs/ reference is stale: run `make crds`"
