@@ -101,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     # INFO to stderr, each object's line prefixed with its namespace/name.
     kopf.configure(log_prefix=True)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # not one line per liveness probe
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per Prometheus query
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
