@@ -114,6 +114,9 @@ def engine_env(pod: PodSettings, revision: str) -> list[Manifest]:
         env.append({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": ref}})
     else:
         env.append({"name": "DATABASE_URL", "value": "sqlite:////data/results.db"})
+    if engine.api_keys_secret is not None:
+        ref = {"name": engine.api_keys_secret.name, "key": engine.api_keys_secret.key}
+        env.append({"name": "ENGINE_API_KEYS", "valueFrom": {"secretKeyRef": ref}})
     faults = engine.fault_injection
     if faults.error_rate > 0:
         env.append({"name": "ENGINE_FAULT_ERROR_RATE", "value": f"{faults.error_rate:g}"})

@@ -51,6 +51,9 @@ class EngineSettings(ApiModel):
     """Log level of the engine."""
     database_url_secret: SecretKeyRef | None = None
     """Secret key holding a SQLAlchemy URL (PostgreSQL); SQLite on an emptyDir when omitted."""
+    api_keys_secret: SecretKeyRef | None = None
+    """Secret key holding the engine's API keys (comma-separated, plain or sha256:<hex>); without it the
+    engine accepts requests without a key (and says so in /api/v1/health)."""
     fault_injection: FaultInjection = Field(default_factory=FaultInjection)
     """Faults to inject, for rehearsing rollbacks."""
 
