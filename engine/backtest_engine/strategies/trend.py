@@ -27,16 +27,23 @@ def crossover_target(fast: FloatArray, slow: FloatArray, allow_short: bool) -> F
     return hold_sparse_events(bars[order], values[order], fast.size)
 
 
-class CrossoverParams(StrategyParams):
-    fast: int = Field(10, ge=1, le=10_000, description="fast moving-average window (bars)")
-    slow: int = Field(50, ge=2, le=10_000, description="slow moving-average window (bars)")
-    allow_short: bool = Field(True, description="go short on a downward cross instead of flat")
+class FastSlowParams(StrategyParams):
+    """Two windows of which the fast one must be the shorter."""
+
+    fast: int
+    slow: int
 
     @model_validator(mode="after")
     def _fast_below_slow(self) -> Self:
         if self.fast >= self.slow:
             raise CrossFieldError("fast", f"fast ({self.fast}) must be smaller than slow ({self.slow})")
         return self
+
+
+class CrossoverParams(FastSlowParams):
+    fast: int = Field(10, ge=1, le=10_000, description="fast moving-average window (bars)")
+    slow: int = Field(50, ge=2, le=10_000, description="slow moving-average window (bars)")
+    allow_short: bool = Field(True, description="go short on a downward cross instead of flat")
 
 
 @register(
@@ -59,17 +66,11 @@ def ema_crossover(bars: Bars, p: CrossoverParams) -> Signals:
     return Signals(crossover_target(bars.ema(p.fast), bars.ema(p.slow), p.allow_short))
 
 
-class MacdParams(StrategyParams):
+class MacdParams(FastSlowParams):
     fast: int = Field(12, ge=1, le=1_000, description="fast EMA window")
     slow: int = Field(26, ge=2, le=1_000, description="slow EMA window")
     signal: int = Field(9, ge=1, le=1_000, description="EMA window of the signal line")
     allow_short: bool = Field(True, description="go short when MACD crosses below its signal line")
-
-    @model_validator(mode="after")
-    def _fast_below_slow(self) -> Self:
-        if self.fast >= self.slow:
-            raise CrossFieldError("fast", f"fast ({self.fast}) must be smaller than slow ({self.slow})")
-        return self
 
 
 @register(
