@@ -11,45 +11,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from backtest_devtools import processes
 from backtest_devtools.cluster import LocalCluster
 from backtest_devtools.config import load_settings
+from backtest_devtools.crds import install_crds
+from backtest_devtools.stack import free_port
 
 ROOT = Path(__file__).parents[1]
 GROUP, VERSION, PLURAL = "backtest.dev", "v1alpha1", "backtestservices"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def rss_mib(managed: processes.Managed) -> float:
     return managed.rss_bytes() / 2**20
-
-
-def install_crd(api: k8s.ApiClient) -> None:
-    body = yaml.safe_load((ROOT / "crds" / "backtest.dev_backtestservices.yaml").read_text())
-    extensions = k8s.ApiextensionsV1Api(api)
-    extensions.create_custom_resource_definition(body)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        crd = extensions.read_custom_resource_definition(body["metadata"]["name"])
-        if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
-            return
-        time.sleep(0.2)
-    raise SystemExit("CRD not established")
 
 
 def main() -> None:
@@ -63,7 +44,7 @@ def main() -> None:
         info = cluster.up()
         try:
             api = k8s_config.new_client_from_config(config_file=str(info.kubeconfig))
-            install_crd(api)
+            install_crds(api, [ROOT / "crds" / "backtest.dev_backtestservices.yaml"])
             core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
             core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name="bench")))
             env = {"KUBECONFIG": str(info.kubeconfig), "OPERATOR_METRICS_PORT": str(free_port()),

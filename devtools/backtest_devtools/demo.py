@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from backtest_devtools.cluster import LocalCluster
 from backtest_devtools.config import REPO_ROOT, load_settings
+from backtest_devtools.crds import install_crds
 from backtest_devtools.errors import DevtoolsError
 from backtest_devtools.prometheus import PrometheusServer, ScrapeJob
 from backtest_devtools.stack import Stack, Traffic, backtest_request, free_port
@@ -136,26 +136,6 @@ class Watcher:
         raise DevtoolsError(f"{what} did not happen within {timeout:.0f}s")
 
 
-def _apply_crd(api: k8s.ApiClient) -> None:
-    body = yaml.safe_load(CRD_FILE.read_text())
-    extensions = k8s.ApiextensionsV1Api(api)
-    try:
-        extensions.create_custom_resource_definition(body)
-    except ApiException as error:
-        if error.status != 409:
-            raise
-        current: Any = extensions.read_custom_resource_definition(body["metadata"]["name"])
-        body["metadata"]["resourceVersion"] = current.metadata.resource_version
-        extensions.replace_custom_resource_definition(body["metadata"]["name"], body)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        crd: Any = extensions.read_custom_resource_definition(body["metadata"]["name"])
-        if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
-            return
-        time.sleep(0.2)
-    raise DevtoolsError("the BacktestService CRD was not established")
-
-
 def _fresh_namespace(core: k8s.CoreV1Api) -> None:
     try:
         core.delete_namespace(NAMESPACE)
@@ -180,7 +160,7 @@ def run(workdir: Path, kubeconfig: Path | None, rate: float) -> dict[str, Any]:
             print(f"[demo] using the cluster of {kubeconfig}")
         api = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
         core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
-        _apply_crd(api)
+        install_crds(api, [CRD_FILE])
         _fresh_namespace(core)
         stack = Stack(workdir)
         cleanup.callback(stack.close)

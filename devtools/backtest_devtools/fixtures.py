@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -29,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from backtest_devtools import build
 from backtest_devtools.cluster import ClusterInfo, LocalCluster
 from backtest_devtools.config import REPO_ROOT, Settings, load_settings
+from backtest_devtools.crds import install_crds
 from backtest_devtools.errors import DevtoolsError
 from backtest_devtools.postgres import PostgresServer
 from backtest_devtools.prometheus import PrometheusServer, ScrapeJob
@@ -118,36 +118,14 @@ def crd_installed(k8s_api: Any) -> list[str]:
     files = sorted(CRD_DIR.glob("*.yaml"))
     if not files:
         pytest.fail(f"no CRD found in {CRD_DIR}: generate it with `make crds`")
-    return _install_crds(k8s_api, files)
+    return install_crds(k8s_api, files)
 
 
 @pytest.fixture(scope="session")
 def gateway_api_installed(k8s_api: Any, devtools_settings: Settings) -> list[str]:
     """The standard HTTPRoute CRD, read from the gateway-api Go module (no other network is reachable)."""
     folder = build.module_dir(devtools_settings, *GATEWAY_API) / "config" / "crd" / "standard"
-    return _install_crds(k8s_api, [folder / "gateway.networking.k8s.io_httproutes.yaml"])
-
-
-def _install_crds(k8s_api: Any, files: list[Path]) -> list[str]:
-    extensions = k8s.ApiextensionsV1Api(k8s_api)
-    names = []
-    for path in files:
-        for document in yaml.safe_load_all(path.read_text()):
-            if not document or document.get("kind") != "CustomResourceDefinition":
-                continue
-            name = document["metadata"]["name"]
-            try:
-                extensions.create_custom_resource_definition(document)
-            except ApiException as error:
-                if error.status != 409:
-                    raise
-                current: Any = extensions.read_custom_resource_definition(name)
-                document["metadata"]["resourceVersion"] = current.metadata.resource_version
-                extensions.replace_custom_resource_definition(name, document)
-            names.append(name)
-    for name in names:
-        _wait_established(extensions, name)
-    return names
+    return install_crds(k8s_api, [folder / "gateway.networking.k8s.io_httproutes.yaml"])
 
 
 PrometheusFactory = Callable[[list[ScrapeJob]], PrometheusServer]
@@ -175,17 +153,6 @@ def prometheus(
             server.stop()
         for folder in folders:
             _keep_logs_if_failed(request, folder, "prometheus")
-
-
-def _wait_established(extensions: Any, name: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        crd = extensions.read_custom_resource_definition(name)
-        conditions = (crd.status.conditions or []) if crd.status else []
-        if any(c.type == "Established" and c.status == "True" for c in conditions):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"CRD {name} not Established after {timeout:.0f}s")
 
 
 def _keep_logs_if_failed(request: pytest.FixtureRequest, folder: Path, what: str) -> None:

@@ -115,17 +115,22 @@ async def measure(
     phase_window = (now - since) if since is not None and now > since else interval
     recent = {track: build_queries(spec.analysis, labels, track, interval) for track in TRACKS}
     phase = {track: build_queries(spec.analysis, labels, track, phase_window) for track in TRACKS}
+    same_window = phase_window == interval  # early in a phase: ask once, use the answer twice
     try:
-        canary_recent, stable_recent, canary_phase, stable_phase, canary_samples, stable_samples = await asyncio.gather(
-            _track(client, recent["canary"], now, True),
-            _track(client, recent["stable"], now, False),
-            _track(client, phase["canary"], now, True),
-            _track(client, phase["stable"], now, False),
-            client.series(recent["canary"].latency_p95, now - phase_window, now, interval),
-            client.series(recent["stable"].latency_p95, now - phase_window, now, interval),
+        canary_recent, stable_recent, canary_phase, stable_phase, canary_samples, stable_samples = (
+            await asyncio.gather(
+                _track(client, recent["canary"], now, True),
+                _track(client, recent["stable"], now, False),
+                _none() if same_window else _track(client, phase["canary"], now, True),
+                _none() if same_window else _track(client, phase["stable"], now, False),
+                client.series(recent["canary"].latency_p95, now - phase_window, now, interval),
+                client.series(recent["stable"].latency_p95, now - phase_window, now, interval),
+            )
         )
     except AnalysisError as exc:
         return Observation(time=now, error=str(exc))
+    canary_phase = canary_phase or canary_recent
+    stable_phase = stable_phase or stable_recent
     return Observation(
         time=now,
         canary_recent=canary_recent,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -24,10 +23,11 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes import dynamic
-from kubernetes.client.exceptions import ApiException
 
 from backtest_devtools import chart, processes
+from backtest_devtools.crds import install_crd_documents
 from backtest_devtools.kubeconfig import service_account_kubeconfig
+from backtest_devtools.stack import free_port
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
 from backtest_operator.cli import build_parser
 from backtest_operator.traffic import router_provider
@@ -66,12 +66,6 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = by_kind(objects, kind)
     assert len(found) == 1, f"expected one {kind}, got {len(found)}"
     return found[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -446,23 +440,7 @@ def test_install_fails_naming_the_value_when_a_value_breaks_the_schema(devtools_
 
 @pytest.fixture(scope="module")
 def monitoring_crds_installed(k8s_api, devtools_settings) -> list[str]:
-    extensions = k8s.ApiextensionsV1Api(k8s_api)
-    names = []
-    for crd in chart.monitoring_crds(devtools_settings):
-        name = crd["metadata"]["name"]
-        try:
-            extensions.create_custom_resource_definition(crd)
-        except ApiException as error:
-            if error.status != 409:
-                raise
-        assert processes.wait_until(lambda name=name: established(extensions, name), 30, 0.2), f"{name} not Established"
-        names.append(name)
-    return names
-
-
-def established(extensions: k8s.ApiextensionsV1Api, name: str) -> bool:
-    conditions = extensions.read_custom_resource_definition(name).status.conditions or []
-    return any(c.type == "Established" and c.status == "True" for c in conditions)
+    return install_crd_documents(k8s_api, chart.monitoring_crds(devtools_settings))
 
 
 def dry_run_apply(api: dynamic.DynamicClient, obj: dict[str, Any], namespace: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ router's own counters, and the engines' series must tell the two versions apart.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backtest_devtools.prometheus import ScrapeJob
+from backtest_devtools.stack import free_port
 from backtest_operator.api import AnalysisSettings
 from backtest_operator.queries import build_queries
 
@@ -32,12 +32,6 @@ CANARY_ERROR_RATE = 0.15
 CANARY_LATENCY = 0.3  # lands in the router's (0.25, 0.5] bucket, far below the 2 s objective
 BURST = 400
 SELECTOR = {"namespace": "itest", "service": "quant"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import httpx
 
+from backtest_devtools.stack import free_port
 from backtest_engine.service.cli import add_serve_parser, run_serve
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_serve_parser_mounts_with_run_serve_when_added_to_subparsers():
