@@ -19,7 +19,7 @@ import httpx
 from backtest_operator.analysis import Observation
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus, TrackNumbers
 from backtest_operator.errors import AnalysisError
-from backtest_operator.queries import QuerySet, build_queries
+from backtest_operator.queries import QuerySet, build_queries, promql_range
 
 TRACKS = ("canary", "stable")
 
@@ -115,7 +115,8 @@ async def measure(
     phase_window = (now - since) if since is not None and now > since else interval
     recent = {track: build_queries(spec.analysis, labels, track, interval) for track in TRACKS}
     phase = {track: build_queries(spec.analysis, labels, track, phase_window) for track in TRACKS}
-    same_window = phase_window == interval  # early in a phase: ask once, use the answer twice
+    # At a phase's first evaluation both windows render to the same PromQL range: ask once, use it twice.
+    same_window = promql_range(phase_window) == promql_range(interval)
     try:
         canary_recent, stable_recent, canary_phase, stable_phase, canary_samples, stable_samples = (
             await asyncio.gather(
