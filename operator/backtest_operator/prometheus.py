@@ -118,15 +118,13 @@ async def measure(
     # At a phase's first evaluation both windows render to the same PromQL range: ask once, use it twice.
     same_window = promql_range(phase_window) == promql_range(interval)
     try:
-        canary_recent, stable_recent, canary_phase, stable_phase, canary_samples, stable_samples = (
-            await asyncio.gather(
-                _track(client, recent["canary"], now, True),
-                _track(client, recent["stable"], now, False),
-                _none() if same_window else _track(client, phase["canary"], now, True),
-                _none() if same_window else _track(client, phase["stable"], now, False),
-                client.series(recent["canary"].latency_p95, now - phase_window, now, interval),
-                client.series(recent["stable"].latency_p95, now - phase_window, now, interval),
-            )
+        canary_recent, stable_recent, canary_phase, stable_phase, canary_samples, stable_samples = await asyncio.gather(
+            _track(client, recent["canary"], now, True),
+            _track(client, recent["stable"], now, False),
+            _none() if same_window else _track(client, phase["canary"], now, True),
+            _none() if same_window else _track(client, phase["stable"], now, False),
+            client.series(recent["canary"].latency_p95, now - phase_window, now, interval),
+            client.series(recent["stable"].latency_p95, now - phase_window, now, interval),
         )
     except AnalysisError as exc:
         return Observation(time=now, error=str(exc))
