@@ -9,7 +9,7 @@ Pure functions only. Two families of checks exist:
   on the error rate, a one-sided Mann-Whitney U test on p95 latency samples).
 
 Verdicts are ``pass``, ``fail``, ``inconclusive`` (not enough data: never a pass), ``error`` and
-``skipped`` (the check does not apply). Counting rules follow METRICS.md.
+``skipped`` (the check does not apply). Counting rules follow docs/metrics-contract.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The operator's own Prometheus series (METRICS.md, "Operator's own series")."""
+"""The operator's own Prometheus series (docs/metrics-contract.md, "Operator's own series")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PromQL for the checks, as METRICS.md defines them; label values are always quoted and escaped.
+"""PromQL for the checks, as docs/metrics-contract.md defines them; label values are always quoted and escaped.
 
 Templates take ``{selector}`` (label matchers of one BacktestService's router, without braces),
 ``{window}`` (a PromQL range such as ``30s``), ``{track}`` and ``{objective}`` (the ``le`` bucket of the

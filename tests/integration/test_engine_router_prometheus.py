@@ -1,6 +1,6 @@
 """Real processes end to end: a stable engine, a faulty canary engine, the router in front at weight 50,
 and a real Prometheus scraping all three. The operator's own PromQL (built by `build_queries`) must give
-the canary's error, fallback and success rates and p95 latency as METRICS.md defines them, matching the
+the canary's error, fallback and success rates and p95 latency as docs/metrics-contract.md defines them, matching the
 router's own counters, and the engines' series must tell the two versions apart.
 """
 

@@ -1,5 +1,5 @@
 """The router as a real process between two real upstream processes; counters checked against what
-clients observed, request by request (METRICS.md: one request, one story)."""
+clients observed, request by request (docs/metrics-contract.md: one request, one story)."""
 
 from __future__ import annotations
 

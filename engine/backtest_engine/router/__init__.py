@@ -1,6 +1,6 @@
 """Traffic router between the stable and canary tracks of the engine (see docs/router.md).
 
-Counting rules and series names follow METRICS.md; `cli.add_router_parser`/`cli.run_router` mount it as
+Counting rules and series names follow docs/metrics-contract.md; `cli.add_router_parser`/`cli.run_router` mount it as
 `backtest-engine router`.
 """
 

@@ -1,4 +1,4 @@
-"""The router's Prometheus series, named exactly as in METRICS.md, on a registry of their own.
+"""The router's Prometheus series, named exactly as in docs/metrics-contract.md, on a registry of their own.
 
 A dedicated CollectorRegistry keeps the router's exposition free of process/platform collectors and of
 anything else imported into the same interpreter (the engine service registers its own series).

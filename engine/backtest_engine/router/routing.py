@@ -1,6 +1,6 @@
 """Pure routing rules: which track a request goes to, and how each attempt is counted.
 
-Everything here is free of I/O so that the counting rules of METRICS.md ("one request, one story") can be
+Everything here is free of I/O so that the counting rules of docs/metrics-contract.md ("one request, one story") can be
 tested exhaustively without processes; `app.py` only wires these decisions to sockets.
 """
 

@@ -1,4 +1,4 @@
-"""The engine's Prometheus series (METRICS.md, "Engine series"), on a registry of their own.
+"""The engine's Prometheus series (docs/metrics-contract.md, "Engine series"), on a registry of their own.
 
 A dedicated `CollectorRegistry` keeps tests and several apps in one process independent, and leaves out
 the process collectors nobody asked for. Every series carries `version` and `track`, so stable and canary

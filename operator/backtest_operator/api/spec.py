@@ -119,7 +119,7 @@ class ComparisonSettings(ApiModel):
 
 
 class QueryOverrides(ApiModel):
-    """PromQL templates replacing the defaults of METRICS.md; {selector} and {window} are filled in."""
+    """PromQL templates replacing the defaults of docs/metrics-contract.md; {selector} and {window} are filled in."""
 
     requests: str | None = None
     errors: str | None = None

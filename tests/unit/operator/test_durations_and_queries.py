@@ -1,4 +1,4 @@
-"""Durations as users write them, and PromQL built from the METRICS.md contract."""
+"""Durations as users write them, and PromQL built from the docs/metrics-contract.md contract."""
 
 from datetime import timedelta
 

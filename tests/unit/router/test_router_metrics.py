@@ -1,4 +1,4 @@
-"""Series names, labels and buckets as METRICS.md fixes them."""
+"""Series names, labels and buckets as docs/metrics-contract.md fixes them."""
 
 import pytest
 

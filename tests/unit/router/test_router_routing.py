@@ -1,4 +1,4 @@
-"""Counting and selection rules of METRICS.md, as pure functions."""
+"""Counting and selection rules of docs/metrics-contract.md, as pure functions."""
 
 import random
 
