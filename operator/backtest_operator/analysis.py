@@ -79,8 +79,28 @@ def overall(checks: Sequence[CheckResult]) -> Verdict:
     return Verdict.PASS
 
 
+FAILURE_PRECEDENCE = (
+    "error_rate_trigger",
+    "fallback_rate_trigger",
+    "latency_trigger",
+    "unhealthy",
+    "error_rate",
+    "success_rate",
+    "error_rate_vs_stable",
+    "latency_vs_stable",
+    "requests",
+)
+"""Which failing check is reported when several fail in one evaluation (docs/rollout-policy.md, "Which
+check is reported"): rollback triggers before phase checks, the most direct evidence first (errors, then
+fallbacks, then latency, then pod health; a failed success rate is often the same errors seen again).
+Checks not listed come after these, in the order given."""
+
+
 def first_failure(checks: Sequence[CheckResult]) -> CheckResult | None:
-    return next((c for c in checks if c.verdict == Verdict.FAIL), None)
+    """The failing check to report, by ``FAILURE_PRECEDENCE``; never by which query answered first."""
+    failed = [c for c in checks if c.verdict == Verdict.FAIL]
+    rank = {name: index for index, name in enumerate(FAILURE_PRECEDENCE)}
+    return min(failed, key=lambda c: rank.get(c.name, len(rank)), default=None)
 
 
 def _pct(value: float) -> str:

@@ -2,7 +2,8 @@
 
 from datetime import timedelta
 
-from backtest_operator.api import Outcome, RolloutPhase, Verdict
+from backtest_operator.analysis import first_failure
+from backtest_operator.api import CheckResult, Outcome, RolloutPhase, Verdict
 from backtest_operator.controls import Controls
 from backtest_operator.policy import Action
 
@@ -389,3 +390,26 @@ def test_manual_promotion_acts_when_prometheus_is_unreachable():
     decision = driver.step(error="connection refused", controls=Controls(promote="p1"))
     assert decision.action == Action.ADVANCE
     assert decision.status.analysis_errors == 1
+
+
+def test_reported_failure_follows_documented_precedence_when_several_checks_fail_at_once():
+    # 15% errors and every request slow: error_rate, success_rate and error_rate_vs_stable all fail at
+    # phase end; the error-rate check is reported whatever order the checks were listed in.
+    driver = started(rollback={"maxErrorRate": 0.5})
+    driver.advance_clock(timedelta(minutes=10))
+    failing = track(200, errors=30, slow=200)
+    decision = driver.step(observe(driver.now, failing, phase_canary=failing, phase_window=timedelta(minutes=10)))
+    assert decision.action == Action.ROLLBACK
+    assert decision.failing_check == "error_rate"
+    failed = {c.name for c in decision.checks if c.verdict == Verdict.FAIL}
+    assert {"error_rate", "success_rate", "error_rate_vs_stable"} <= failed
+
+
+def test_trigger_is_reported_before_phase_checks_when_both_fail_in_one_evaluation():
+    checks = [
+        CheckResult(name=name, verdict=Verdict.FAIL)
+        for name in ("requests", "latency_vs_stable", "success_rate", "error_rate", "unhealthy", "latency_trigger")
+    ]
+    assert first_failure(checks).name == "latency_trigger"
+    assert first_failure(list(reversed(checks))).name == "latency_trigger"
+    assert first_failure([CheckResult(name="custom", verdict=Verdict.FAIL), *checks[:2]]).name == "latency_vs_stable"
