@@ -58,7 +58,7 @@ class Stack:
 
     def engine(self, track: str, port: int, env: dict[str, str] | None = None) -> processes.Managed:
         """An engine process for one track on a fixed port (restartable with other settings)."""
-        settings = {"ENGINE_API_KEYS": API_KEY, "ENGINE_TRACK": track,
+        settings = {"ENGINE_API_KEYS": API_KEY, "ENGINE_TRACK": track, "ENGINE_FAULT_SEED": "1",
                     "DATABASE_URL": f"sqlite:///{self.workdir / f'{track}.db'}", **(env or {})}  # fmt: skip
         command = [str(BIN / "backtest-engine"), "serve", "--host", "127.0.0.1", "--port", str(port)]
         managed = self.start(f"engine-{track}", command, settings)
