@@ -30,7 +30,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, what: str, log: Path, timeout: float = 30.0) -> None:
+def wait_http(url: str, what: str, log: Path, timeout: float = 60.0) -> None:
     def up() -> bool:
         try:
             return httpx.get(url, timeout=1.0).status_code < 500
