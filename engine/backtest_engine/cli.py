@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -130,7 +131,7 @@ def _print_table(rows: Sequence[tuple[str, str]], out: TextIO) -> None:
 
 def _format(value: float | None) -> str:
     """A metric for people: `undefined` where it has no value (docs/metrics.md)."""
-    if value is None or value != value:  # None or NaN
+    if value is None or math.isnan(value):
         return "undefined"
     return f"{value:,.6g}" if abs(value) < 1e15 else f"{value:.6e}"
 

@@ -111,16 +111,13 @@ def test_cancel_event_stops_a_process_pool_sweep_without_hanging_when_set():
 
 
 def test_sets_with_an_undefined_metric_rank_last_and_never_best_when_some_never_trade():
-    from backtest_engine.data import synthetic_ohlcv as make
-    from backtest_engine.optimize import optimize as run
-
-    frame = make(300, seed=5)
+    frame = synthetic_ohlcv(300, seed=5)
     # slow windows longer than the data never trade: their Sharpe ratio is undefined, not 0
-    result = run(frame, "sma_crossover", {"fast": [3, 5], "slow": [20, 400]}, metric="sharpe_ratio", workers=1)
+    result = optimize(frame, "sma_crossover", {"fast": [3, 5], "slow": [20, 400]}, metric="sharpe_ratio", workers=1)
     values = result.results["sharpe_ratio"].tolist()
     defined = [v for v in values if v == v]
     assert len(defined) == 2 and all(v != v for v in values[2:]), values
     assert result.best_params["slow"] == 20
     assert all(row["metrics"]["sharpe_ratio"] is None for row in result.to_dict()["results"][2:])
-    worst_first = run(frame, "sma_crossover", {"fast": [3, 5], "slow": [20, 400]}, maximize=False, workers=1)
+    worst_first = optimize(frame, "sma_crossover", {"fast": [3, 5], "slow": [20, 400]}, maximize=False, workers=1)
     assert worst_first.results["sharpe_ratio"].iloc[-1] != worst_first.results["sharpe_ratio"].iloc[-1]  # NaN last
