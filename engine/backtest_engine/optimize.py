@@ -198,6 +198,31 @@ def _rank(
     return frame.sort_values(metric, ascending=not maximize, kind="stable", na_position="last").reset_index(drop=True)
 
 
+def evaluate_sets(
+    data: pd.DataFrame,
+    strategy: str,
+    sets: Sequence[dict[str, Any]],
+    *,
+    metric: str = "sharpe_ratio",
+    cash: float = 10_000.0,
+    commission: float = 0.0,
+    slippage_bps: float = 0.0,
+    fraction: float = 1.0,
+    lot_size: float = 0.0,
+    stop_loss: float | None = None,
+    take_profit: float | None = None,
+    periods_per_year: float | None = None,
+    risk_free_rate: float = 0.0,
+) -> list[MetricValues]:
+    """Metrics of given, already validated parameter sets in this process: one chunk of a sweep that is
+    spread over several machines (the service's distributed sweeps), computed exactly as `optimize` would."""
+    config = ExecutionConfig(cash, commission, slippage_bps, fraction, lot_size, stop_loss, take_profit)
+    ppy = resolve_periods_per_year(pd.DatetimeIndex(data.index), periods_per_year)
+    wanted = tuple(dict.fromkeys((metric, *SUMMARY_METRICS)))
+    job = _Job(bars_from_frame(data), strategy, config, ppy, risk_free_rate, wanted)
+    return [_evaluate(job, params) for params in sets]
+
+
 def optimize(
     data: pd.DataFrame,
     strategy: str,

@@ -10,6 +10,7 @@ limit, fault injection, then FastAPI's routing, validation and exception handler
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -65,6 +66,7 @@ from backtest_engine.service.schemas import (
 )
 from backtest_engine.service.settings import ServiceSettings
 from backtest_engine.service.store import BacktestQuery, Store, parse_metric_filter, sort_key_valid
+from backtest_engine.service.sweeps import Sweeps
 from backtest_engine.strategies import list_strategies
 
 log = logging.getLogger("backtest_engine.service")
@@ -100,11 +102,19 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     backtests = Backtests(store, metrics, settings.version, settings.cache_size)
     bounds = JobBounds(max_active=settings.max_queued_jobs, max_per_tenant=settings.max_jobs_per_tenant)
-    jobs = JobRunner(
-        store, metrics, backtests.load, max_jobs=settings.max_jobs, workers=settings.workers, bounds=bounds
-    )
-    limits = datasets.UploadLimits(settings.max_upload_rows, settings.max_upload_uncompressed_bytes)
     schema = {"ready": False}
+    jobs: JobRunner | Sweeps
+    if store.dialect == "postgresql":  # every replica takes chunks of every sweep (sweeps.py)
+        jobs = Sweeps(
+            store, backtests.load, bounds=bounds, chunk_size=settings.sweep_chunk_size,
+            concurrency=settings.workers, shutdown_seconds=settings.shutdown_seconds / 2,
+            ready=lambda: schema["ready"],
+        )  # fmt: skip
+    else:  # one process owns the SQLite file: its own threads run the jobs (jobs.py)
+        jobs = JobRunner(
+            store, metrics, backtests.load, max_jobs=settings.max_jobs, workers=settings.workers, bounds=bounds
+        )
+    limits = datasets.UploadLimits(settings.max_upload_rows, settings.max_upload_uncompressed_bytes)
     strategy_catalog = list_strategies()  # the registry is fixed once imported; building schemas costs ms
 
     def ensure_schema() -> None:
@@ -134,10 +144,16 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         log.info("event=started version=%s track=%s database=%s", settings.version, settings.track, store.describe())
         with contextlib.suppress(ServiceProblem):
             ensure_schema()
-        jobs.start()
+        if isinstance(jobs, Sweeps):
+            await jobs.start()
+        else:
+            jobs.start()
         yield
         # uvicorn has stopped accepting and drained requests (SIGTERM); running jobs get the rest of the budget
-        jobs.shutdown(drain_seconds=settings.shutdown_seconds / 2)
+        if isinstance(jobs, Sweeps):
+            await jobs.stop()
+        else:
+            await asyncio.to_thread(jobs.shutdown, settings.shutdown_seconds / 2)
         store.dispose()
 
     app = FastAPI(
@@ -391,8 +407,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 candidates = random_parameters(body.strategy, body.space, body.samples, seed=body.seed)
         except EngineError as error:
             raise engine_error_field(error, params_prefix="space") from None
-        job = jobs.submit(body, who.tenant, len(candidates))
-        return status({**job.row(), "updated_at": job.updated_at})
+        return status(jobs.submit(body, who.tenant, len(candidates)))
 
     @app.get(
         "/api/v1/optimizations/{job_id}",

@@ -172,7 +172,7 @@ class JobRunner:
         with self._lock:
             return len(self._jobs)
 
-    def submit(self, request: OptimizationRequest, tenant: str, total: int) -> Job:
+    def submit(self, request: OptimizationRequest, tenant: str, total: int) -> dict[str, Any]:
         """Admit and queue a job; ServiceProblem 429 (Retry-After) when a bound is reached, 503 when draining."""
         if self._stopping.is_set():
             raise ServiceProblem(503, "shutting down: not taking new optimizations", headers={"Retry-After": "5"})
@@ -182,7 +182,7 @@ class JobRunner:
         except QueueFull as full:
             raise ServiceProblem(429, full.detail, headers={"Retry-After": str(full.retry_after)}) from None
         self._enqueue(job)
-        return job
+        return {**job.row(), "updated_at": job.updated_at}
 
     def _enqueue(self, job: Job) -> None:
         with self._lock:

@@ -142,7 +142,35 @@ def _later_columns(tables: dict[str, sa.Table]) -> None:
         tables[name].append_column(sa.Column("tenant", sa.String(64), nullable=False, server_default=LEGACY_TENANT))
     tables["optimizations"].append_column(sa.Column("attempts", sa.Integer, nullable=False, server_default="0"))
     tables["optimizations"].append_column(sa.Column("owner", sa.String(128), nullable=True))
+    tables["optimizations"].append_column(sa.Column("chunks", sa.Integer, nullable=True))
 
+
+def _migration_4(connection: Connection) -> None:
+    """Sweeps shared across replicas (expand only): chunk results, and procrastinate's own schema.
+
+    procrastinate (PostgreSQL) queues one task per chunk of a sweep; every replica's worker takes them.
+    Its schema is the pinned release's own SQL, applied once under the migration lock.
+    """
+    connection.execute(sa.text("ALTER TABLE optimizations ADD COLUMN chunks INTEGER"))
+    SWEEP_CHUNKS.create(connection, checkfirst=True)
+    if connection.dialect.name == "postgresql":
+        from procrastinate.schema import SchemaManager  # noqa: PLC0415 - PostgreSQL only
+
+        if connection.execute(sa.text("SELECT to_regclass('procrastinate_jobs')")).scalar() is None:
+            cursor = connection.connection.cursor()  # no parameters: psycopg leaves the SQL's % signs alone
+            cursor.execute(SchemaManager.get_schema())
+
+
+SWEEP_CHUNKS = sa.Table(
+    "sweep_chunks",
+    sa.MetaData(),
+    sa.Column("job_id", sa.String(36), primary_key=True),
+    sa.Column("chunk", sa.Integer, primary_key=True),
+    sa.Column("evaluated", sa.Integer, nullable=False),
+    sa.Column("results", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+"""One row per finished chunk of a distributed sweep; the primary key makes a re-run chunk a no-op."""
 
 RATE_LIMITS = sa.Table(
     "rate_limits",
@@ -152,7 +180,7 @@ RATE_LIMITS = sa.Table(
 )
 """GCRA state of every rate-limit bucket: its theoretical arrival time, in epoch seconds."""
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3)
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2, _migration_3, _migration_4)
 
 MIGRATIONS_TABLE = sa.Table(
     "schema_migrations",

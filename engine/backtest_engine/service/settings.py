@@ -63,6 +63,9 @@ class ServiceSettings(BaseSettings):
     max_jobs: int = Field(default=2, ge=1, le=64, description="optimization jobs running at once per process")
     max_queued_jobs: int = Field(default=32, ge=1, description="optimizations queued or running, whole service")
     max_jobs_per_tenant: int = Field(default=4, ge=1, description="optimizations queued or running per tenant")
+    sweep_chunk_size: int = Field(
+        default=20, ge=1, le=10_000, description="parameter sets per task of a sweep shared by the replicas"
+    )
     cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS; * for any")
     gzip_minimum_bytes: int = Field(default=1024, ge=0, description="answers at least this large are gzipped")
     shutdown_seconds: float = Field(
