@@ -198,29 +198,44 @@ def _rank(
     return frame.sort_values(metric, ascending=not maximize, kind="stable", na_position="last").reset_index(drop=True)
 
 
+class SetEvaluator:
+    """Evaluates parameter sets on one dataset in this process, keeping the indicator memo between calls.
+
+    One chunk of a sweep that is spread over several machines (the service's distributed sweeps) is
+    computed exactly as `optimize` computes it; a process that takes several chunks of the same sweep
+    reuses the moving averages it already computed.
+    """
+
+    def __init__(
+        self,
+        data: pd.DataFrame,
+        strategy: str,
+        *,
+        metric: str = "sharpe_ratio",
+        cash: float = 10_000.0,
+        commission: float = 0.0,
+        slippage_bps: float = 0.0,
+        fraction: float = 1.0,
+        lot_size: float = 0.0,
+        stop_loss: float | None = None,
+        take_profit: float | None = None,
+        periods_per_year: float | None = None,
+        risk_free_rate: float = 0.0,
+    ) -> None:
+        config = ExecutionConfig(cash, commission, slippage_bps, fraction, lot_size, stop_loss, take_profit)
+        ppy = resolve_periods_per_year(pd.DatetimeIndex(data.index), periods_per_year)
+        wanted = tuple(dict.fromkeys((metric, *SUMMARY_METRICS)))
+        self._job = _Job(bars_from_frame(data), strategy, config, ppy, risk_free_rate, wanted)
+
+    def __call__(self, sets: Sequence[dict[str, Any]]) -> list[MetricValues]:
+        return [_evaluate(self._job, params) for params in sets]
+
+
 def evaluate_sets(
-    data: pd.DataFrame,
-    strategy: str,
-    sets: Sequence[dict[str, Any]],
-    *,
-    metric: str = "sharpe_ratio",
-    cash: float = 10_000.0,
-    commission: float = 0.0,
-    slippage_bps: float = 0.0,
-    fraction: float = 1.0,
-    lot_size: float = 0.0,
-    stop_loss: float | None = None,
-    take_profit: float | None = None,
-    periods_per_year: float | None = None,
-    risk_free_rate: float = 0.0,
+    data: pd.DataFrame, strategy: str, sets: Sequence[dict[str, Any]], **options: Any
 ) -> list[MetricValues]:
-    """Metrics of given, already validated parameter sets in this process: one chunk of a sweep that is
-    spread over several machines (the service's distributed sweeps), computed exactly as `optimize` would."""
-    config = ExecutionConfig(cash, commission, slippage_bps, fraction, lot_size, stop_loss, take_profit)
-    ppy = resolve_periods_per_year(pd.DatetimeIndex(data.index), periods_per_year)
-    wanted = tuple(dict.fromkeys((metric, *SUMMARY_METRICS)))
-    job = _Job(bars_from_frame(data), strategy, config, ppy, risk_free_rate, wanted)
-    return [_evaluate(job, params) for params in sets]
+    """Metrics of given, already validated parameter sets (see `SetEvaluator`)."""
+    return SetEvaluator(data, strategy, **options)(sets)
 
 
 def optimize(

@@ -18,7 +18,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from backtest_engine.metrics import rank_value
-from backtest_engine.optimize import evaluate_sets, parameter_grid, random_parameters
+from backtest_engine.optimize import SetEvaluator, parameter_grid, random_parameters
 from backtest_engine.service.jobrows import ACTIVE_STATES, JobBounds, QueueFull
 from backtest_engine.service.jobs import FINAL_STATES, TOP, Loader
 from backtest_engine.service.problems import ServiceProblem
@@ -85,6 +87,8 @@ class Sweeps:
         self.task = self.app.task(name=TASK, queue=QUEUE, retry=retry)(self.run_chunk)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._prepared: OrderedDict[str, tuple[list[dict[str, Any]], SetEvaluator]] = OrderedDict()
+        self._prepared_lock = threading.Lock()
 
     # -- lifecycle (on the event loop) -----------------------------------------------------------------------
 
@@ -187,21 +191,33 @@ class Sweeps:
         row = self.store.get_job(job_id, None)
         if row is None or row["state"] in FINAL_STATES or row["cancel_requested"]:
             return
-        request = OptimizationRequest.model_validate(row["request"])
-        sets = candidates(request)
-        size = math.ceil(len(sets) / int(row["chunks"]))
-        mine = sets[chunk * size : (chunk + 1) * size]
         self._set_state(job_id, "queued", "running")
         try:
-            data = self.loader(request, row["tenant"])
-            values = evaluate_sets(
-                data.frame, request.strategy, mine, metric=request.metric, **request.execution.model_dump()
-            )
+            sets, evaluate = self._prepare(job_id, row)
         except ServiceProblem as problem:  # the dataset went away: the sweep cannot finish
             self._fail(job_id, problem.detail)
             return
+        size = math.ceil(len(sets) / int(row["chunks"]))
+        mine = sets[chunk * size : (chunk + 1) * size]
+        values = evaluate(mine)
         results = [{"params": p, "metrics": v} for p, v in zip(mine, values, strict=True)]
         self._record(job_id, chunk, results, int(row["chunks"]))
+
+    def _prepare(self, job_id: str, row: dict[str, Any]) -> tuple[list[dict[str, Any]], SetEvaluator]:
+        """The sweep's sets and an evaluator on its data, kept for the next chunks this process takes."""
+        with self._prepared_lock:
+            found = self._prepared.get(job_id)
+        if found is not None:
+            return found
+        request = OptimizationRequest.model_validate(row["request"])
+        data = self.loader(request, row["tenant"])
+        execution = request.execution.model_dump()
+        prepared = (candidates(request), SetEvaluator(data.frame, request.strategy, metric=request.metric, **execution))
+        with self._prepared_lock:
+            self._prepared[job_id] = prepared
+            while len(self._prepared) > 4:  # a few sweeps at once; each holds one data frame
+                self._prepared.popitem(last=False)
+        return prepared
 
     def _record(self, job_id: str, chunk: int, results: list[dict[str, Any]], chunks: int) -> None:
         insert = (
