@@ -12,6 +12,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -120,3 +121,32 @@ def test_the_previous_release_is_in_the_repository_history():
         ["git", "-C", str(ROOT), "cat-file", "-t", PREVIOUS], check=False, capture_output=True, text=True
     )
     assert known.stdout.strip() == "commit", f"{PREVIOUS} missing: {known.stderr} (shallow clone? {os.getcwd()})"
+
+
+def test_running_job_is_handed_back_on_sigterm_and_finished_by_the_next_process(tmp_path: Path):
+    database_url = f"sqlite:///{tmp_path / 'results.db'}"
+    stack = Stack(tmp_path)
+    try:
+        first = _engine(stack, "first", database_url, ENGINE_SHUTDOWN_SECONDS="1")
+        body = {"strategy": "sma_crossover", "space": {"fast": list(range(2, 40)), "slow": list(range(41, 141, 2))},
+                "synthetic": {"bars": 5000, "seed": 1}}  # fmt: skip
+        job = httpx.post(f"{first}/api/v1/optimizations", headers=H, json=body, timeout=30).json()["id"]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{first}/api/v1/optimizations/{job}", headers=H, timeout=10).json()["progress"]["done"] == 0:
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.1)
+        stopped_at = time.monotonic()
+        process = stack.started[0]
+        stack.stop(process)  # SIGTERM: stop taking work, drain for ~1 s, hand the rest back
+        assert time.monotonic() - stopped_at < 5.0  # within the pod's grace period, never killed
+        assert f"event=optimization_released job={job}" in process.log.read_text()
+        second = _engine(stack, "second", database_url)
+        deadline = time.monotonic() + 180
+        while (status := httpx.get(f"{second}/api/v1/optimizations/{job}", headers=H, timeout=10).json())[
+            "state"
+        ] not in ("succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, f"the handed-back job never finished: {status}"
+            time.sleep(0.2)
+        assert status["state"] == "succeeded" and status["progress"]["done"] == status["progress"]["total"]
+    finally:
+        stack.close()

@@ -56,9 +56,11 @@ def test_sweep_over_postgres_finds_what_the_library_finds_and_ranks_undefined_la
     assert all(row["metrics"]["sharpe_ratio"] is not None for row in status["best"])
 
 
-def test_no_combination_is_lost_when_a_replica_is_killed_mid_sweep(postgres_url: str, tmp_path: Path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "terminated"])
+def test_no_combination_is_lost_when_a_replica_is_stopped_mid_sweep(postgres_url: str, tmp_path: Path, stop):
     stack = Stack(tmp_path)
-    env = {"DATABASE_URL": postgres_url, "ENGINE_API_KEYS": KEY, "ENGINE_SWEEP_CHUNK_SIZE": "4", "ENGINE_WORKERS": "1"}
+    env = {"DATABASE_URL": postgres_url, "ENGINE_API_KEYS": KEY, "ENGINE_SWEEP_CHUNK_SIZE": "4", "ENGINE_WORKERS": "1",
+           "ENGINE_SHUTDOWN_SECONDS": "2"}  # fmt: skip
     ports = [free_port(), free_port()]
     try:
         replicas = [stack.engine(f"replica{i}", port, env) for i, port in enumerate(ports)]
@@ -86,7 +88,7 @@ def test_no_combination_is_lost_when_a_replica_is_killed_mid_sweep(postgres_url:
         _wait(busy, lambda n: n >= 2, 60, "both replicas holding a chunk")  # one worker slot each
         pid = replicas[1].pid()
         assert pid is not None
-        os.kill(pid, signal.SIGKILL)  # the other replica must pick up whatever this one held
+        os.kill(pid, stop)  # the other replica must pick up whatever this one held (or handed back)
         final = _wait(progress, lambda s: s["state"] != "running" and s["state"] != "queued", 240, "sweep finished")
         assert final["state"] == "succeeded" and final["progress"]["done"] == total, final
         database.dispose()
