@@ -23,7 +23,10 @@ from backtest_operator.credentials import (
 )
 from backtest_operator.workloads import LABEL_COMPONENT, LABEL_SERVICE, Manifest, Owner, object_metadata
 
-POSTGRES_UID = 999  # the official image's postgres user
+POSTGRES_UID = 10999
+"""A high uid of no user on any node; the official image runs as an arbitrary uid when PGDATA is a
+subfolder it creates (below the volume's mount point)."""
+PASSWORD_FILE = "/var/run/secrets/backtest/database-password"
 DEFAULT_RESOURCES = {
     "requests": {"cpu": "100m", "memory": "256Mi"},
     "limits": {"cpu": "1", "memory": "1Gi"},
@@ -56,7 +59,14 @@ def _service(owner: Owner) -> Manifest:
 
 def _statefulset(owner: Owner, spec: BacktestServiceSpec) -> Manifest:
     settings = spec.database
-    password = {"secretKeyRef": {"name": credentials_secret_name(owner.name), "key": DATABASE_PASSWORD}}
+    password_volume = {
+        "name": "password",
+        "secret": {
+            "secretName": credentials_secret_name(owner.name),
+            "items": [{"key": DATABASE_PASSWORD, "path": "database-password"}],
+            "defaultMode": 0o440,
+        },
+    }
     ready = {"exec": {"command": ["pg_isready", "-U", DATABASE_USER, "-d", DATABASE_NAME]}}
     claim: Manifest = {
         "metadata": {"name": "data", "labels": database_labels(owner)},
@@ -94,7 +104,7 @@ def _statefulset(owner: Owner, spec: BacktestServiceSpec) -> Manifest:
                             "env": [
                                 {"name": "POSTGRES_USER", "value": DATABASE_USER},
                                 {"name": "POSTGRES_DB", "value": DATABASE_NAME},
-                                {"name": "POSTGRES_PASSWORD", "valueFrom": password},
+                                {"name": "POSTGRES_PASSWORD_FILE", "value": PASSWORD_FILE},  # a file, not env
                                 {"name": "PGDATA", "value": f"{DATA}/pgdata"},
                             ],
                             "resources": settings.resources or DEFAULT_RESOURCES,
@@ -109,10 +119,11 @@ def _statefulset(owner: Owner, spec: BacktestServiceSpec) -> Manifest:
                                 {"name": "data", "mountPath": DATA},
                                 {"name": "run", "mountPath": "/var/run/postgresql"},
                                 {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "password", "mountPath": "/var/run/secrets/backtest", "readOnly": True},
                             ],
                         }
                     ],
-                    "volumes": [{"name": "run", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+                    "volumes": [{"name": "run", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}, password_volume],
                 },
             },
             "volumeClaimTemplates": [claim],

@@ -106,7 +106,7 @@ def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: Worklo
                             "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
                             "resources": {
                                 "requests": {"cpu": "100m", "memory": "128Mi"},
-                                "limits": {"memory": "512Mi"},
+                                "limits": {"cpu": "1", "memory": "512Mi"},
                             },
                             "securityContext": RESTRICTED_CONTAINER,
                             "livenessProbe": {"httpGet": {"path": "/router/health", "port": "http"}},

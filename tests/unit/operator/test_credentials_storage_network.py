@@ -58,8 +58,10 @@ def test_managed_database_is_a_statefulset_with_a_retained_claim_when_no_databas
     assert database["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "5Gi"
     container = database["spec"]["template"]["spec"]["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert {"name": "quant-credentials", "key": DATABASE_PASSWORD} in [
-        e.get("valueFrom", {}).get("secretKeyRef") for e in container["env"]
+    password = database["spec"]["template"]["spec"]["volumes"][-1]["secret"]
+    assert password["secretName"] == "quant-credentials" and password["items"][0]["key"] == DATABASE_PASSWORD
+    assert {"name": "POSTGRES_PASSWORD_FILE", "value": "/var/run/secrets/backtest/database-password"} in container[
+        "env"
     ]
     assert objects[("Service", "quant-db")]["spec"]["ports"][0]["port"] == 5432
 
