@@ -45,7 +45,7 @@ MONITORING = [
     "monitoring.prometheusRule.enabled=true",
     "monitoring.grafanaDashboard.enabled=true",
 ]
-CORE_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"}
+CORE_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "NetworkPolicy"}
 ALERTS = {
     "BacktestRolloutRolledBack",
     "BacktestRolloutStuck",
@@ -614,3 +614,17 @@ def http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def test_operator_accepts_only_prometheus_on_its_metrics_port_when_rendered(default_objects):
+    policy = one(default_objects, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"] == one(default_objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert policy["ingress"] == [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {}},
+                      "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+            "ports": [{"port": "metrics", "protocol": "TCP"}],
+        }
+    ]  # fmt: skip
+    probe = one(default_objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "liveness"}
