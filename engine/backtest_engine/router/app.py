@@ -68,6 +68,8 @@ class RouterConfig:
     connect_timeout_seconds: float = 1.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_connections: int = 256
+    proxy_token: str = ""
+    """Sent to the engines with every request (ROUTER_PROXY_TOKEN) so they trust X-Forwarded-For."""
 
     def validate(self) -> None:
         if self.latency_objective_seconds <= 0:
@@ -96,6 +98,7 @@ class RouterApp:
     ) -> None:
         config.validate()
         self.config = config
+        self._proxy_token = config.proxy_token.encode()
         self.metrics = metrics or RouterMetrics(config.latency_objective_seconds)
         self.weight = WeightState(initial=0)
         self.weight.subscribe(self.metrics.set_weight)
@@ -181,7 +184,7 @@ class RouterApp:
         forwarded = ForwardedRequest(
             method=method,
             target=request_target(scope),
-            headers=upstream_request_headers(scope),
+            headers=upstream_request_headers(scope, self._proxy_token),
             body=body,
             replayable=is_replayable(method, (name for name, _ in scope["headers"])),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -141,6 +142,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         connect_timeout_seconds=args.connect_timeout,
         max_body_bytes=args.max_body_bytes,
         max_connections=args.max_connections,
+        proxy_token=os.environ.get("ROUTER_PROXY_TOKEN", ""),  # a secret: from the environment, never argv
     )
     config.validate()
     return config
