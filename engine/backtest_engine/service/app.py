@@ -22,7 +22,7 @@ import sqlalchemy.exc
 from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, Response, Security, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 
 from backtest_engine import __version__
@@ -162,6 +162,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         version=__version__,
         description="Backtests, optimizations and exports over HTTP. Authenticate with the `X-API-Key` header.",
         lifespan=lifespan,
+        # Served below behind authentication: with auth on, only health, readiness and metrics are open.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
@@ -202,6 +206,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def prometheus_metrics() -> Response:
         """Prometheus exposition of the engine's series."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    @app.get("/openapi.json", dependencies=authenticated, include_in_schema=False)
+    async def openapi_document() -> JSONResponse:
+        """The OpenAPI description, for callers holding a key (or any caller with auth disabled)."""
+        return JSONResponse(app.openapi())
 
     # -- strategies and datasets -------------------------------------------------------------------------------
 

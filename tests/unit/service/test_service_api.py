@@ -76,7 +76,7 @@ def test_metrics_carry_version_and_track_labels_when_set(make_client: ClientFact
 
 
 def test_openapi_document_lists_every_endpoint_when_fetched(client: TestClient):
-    paths = client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json", headers=AUTH).json()["paths"]
     for path in (
         "/api/v1/health",
         "/api/v1/ready",
@@ -117,6 +117,12 @@ def test_every_api_route_requires_a_key_when_auth_is_enabled(client: TestClient)
         assert client.request(method, path).status_code == 401, (method, path)
 
 
+def test_api_description_requires_a_key_when_auth_is_enabled(client: TestClient):
+    assert client.get("/openapi.json").status_code == 401
+    assert client.get("/openapi.json", headers=AUTH).status_code == 200
+    assert client.get("/docs").status_code == 404  # no page describing the API to callers without a key
+
+
 def test_second_key_is_accepted_when_several_are_configured(client: TestClient):
     assert client.get("/api/v1/strategies", headers={"X-API-Key": "test-key-2"}).status_code == 200
 
@@ -137,6 +143,7 @@ def test_api_refuses_every_api_request_but_probes_when_no_key_is_configured(make
     refused = client.get("/api/v1/strategies", headers=AUTH)
     assert_problem(refused, 401)
     assert "ENGINE_AUTH=disabled" in refused.json()["detail"]
+    assert client.get("/openapi.json", headers=AUTH).status_code == 401
     assert client.get("/api/v1/health").json()["auth"] == "enabled"
     assert client.get("/api/v1/ready").status_code == 200 and client.get("/metrics").status_code == 200
 
@@ -144,6 +151,7 @@ def test_api_refuses_every_api_request_but_probes_when_no_key_is_configured(make
 def test_api_accepts_any_caller_only_when_auth_is_explicitly_disabled(make_client: ClientFactory):
     client = make_client(api_keys="", auth="disabled")
     assert client.get("/api/v1/strategies").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
     assert client.get("/api/v1/health").json()["auth"] == "disabled"
 
 

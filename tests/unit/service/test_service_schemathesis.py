@@ -32,7 +32,7 @@ APP = create_app(
         DATABASE_URL=f"sqlite:///{_DB}",
     )
 )
-schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP, headers=A)
 
 
 def _seed() -> dict[str, str]:
