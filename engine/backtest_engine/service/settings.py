@@ -40,6 +40,9 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     fault_error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="share of requests failed with 500")
     fault_latency_seconds: float = Field(default=0.0, ge=0.0, le=60.0, description="latency added per request")
+    fault_result_bias: float = Field(
+        default=0.0, ge=-0.5, le=0.5, description="return-based metrics reported times (1 + this); 0 is off"
+    )
     rate_limit: int = Field(default=600, ge=1, description="requests per minute per API key")
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="largest dataset upload")
     max_jobs: int = Field(default=2, ge=1, le=64, description="optimization jobs running at once")
@@ -58,7 +61,7 @@ class ServiceSettings(BaseSettings):
 
     @property
     def faults_enabled(self) -> bool:
-        return self.fault_error_rate > 0 or self.fault_latency_seconds > 0
+        return self.fault_error_rate > 0 or self.fault_latency_seconds > 0 or self.fault_result_bias != 0
 
 
 class SettingsError(Exception):
