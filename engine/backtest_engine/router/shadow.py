@@ -251,6 +251,11 @@ class Shadowing:
             "recent_errors": list(self._recent_errors),
         }
 
+    async def wait_idle(self) -> None:
+        """Return once every shadow copy started so far has been judged (for tests and benchmarks)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def aclose(self) -> None:
         """Drop shadow copies still running: they have no client waiting for them."""
         tasks = list(self._tasks)
