@@ -43,6 +43,7 @@ MAX_FIELD_LABELS = 256
 RECENT = 5
 LOG_INTERVAL_SECONDS = 1.0
 _MAX_PATH_CHARS = 200
+_MAX_LOGGED_FIELDS = 20
 
 
 class ShadowOutcome(enum.StrEnum):
@@ -219,7 +220,8 @@ class Shadowing:
                     where["path"],
                     stable_status,
                     where["canary_status"],
-                    ",".join(labels),
+                    ",".join(labels[:_MAX_LOGGED_FIELDS])
+                    + (f",+{len(labels) - _MAX_LOGGED_FIELDS}" * (len(labels) > _MAX_LOGGED_FIELDS)),
                     orjson.dumps(differences).decode(),
                     held,
                 )
