@@ -220,8 +220,7 @@ class Shadowing:
                     where["path"],
                     stable_status,
                     where["canary_status"],
-                    ",".join(labels[:_MAX_LOGGED_FIELDS])
-                    + (f",+{len(labels) - _MAX_LOGGED_FIELDS}" * (len(labels) > _MAX_LOGGED_FIELDS)),
+                    _field_list(labels),
                     orjson.dumps(differences).decode(),
                     held,
                 )
@@ -264,3 +263,10 @@ class Shadowing:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _field_list(labels: tuple[str, ...]) -> str:
+    """Comma-separated labels for a log line, the first `_MAX_LOGGED_FIELDS` of them and a count of the rest."""
+    shown = ",".join(labels[:_MAX_LOGGED_FIELDS])
+    rest = len(labels) - _MAX_LOGGED_FIELDS
+    return f"{shown},+{rest} more" if rest > 0 else shown
