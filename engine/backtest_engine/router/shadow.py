@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import orjson
+import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from backtest_engine.router.comparison import (
@@ -221,7 +221,7 @@ class Shadowing:
                     stable_status,
                     where["canary_status"],
                     _field_list(labels),
-                    orjson.dumps(differences).decode(),
+                    msgspec.json.encode(differences).decode(),
                     held,
                 )
         elif comparison.outcome is ComparisonOutcome.ERROR:

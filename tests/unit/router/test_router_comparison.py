@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -33,7 +34,7 @@ RESULT = ShadowKind.BACKTEST_RESULT
 def engine_result(bars: int = 600, seed: int = 4) -> dict[str, Any]:
     """A result shaped as the engine's API answers it (BacktestDetail), from a real run."""
     run = run_backtest(datasets.synthetic_frame(bars, seed), "sma_crossover", {"fast": 5, "slow": 20})
-    payload = orjson.loads(orjson.dumps(run.to_dict(include_equity=True)))
+    payload = msgspec.json.decode(msgspec.json.encode(run.to_dict(include_equity=True)))
     return {
         "id": "3f1c0d9e-0000-4000-8000-000000000001",
         "strategy": payload["strategy"],
@@ -54,7 +55,7 @@ BASE = engine_result()
 
 
 def compare(stable: dict[str, Any], canary: dict[str, Any], stable_status: int = 201, canary_status: int = 201):
-    return RULES.compare(RESULT, stable_status, orjson.dumps(stable), canary_status, orjson.dumps(canary))
+    return RULES.compare(RESULT, stable_status, msgspec.json.encode(stable), canary_status, msgspec.json.encode(canary))
 
 
 def test_results_match_when_only_ignored_fields_differ():
@@ -63,6 +64,17 @@ def test_results_match_when_only_ignored_fields_differ():
     verdict = compare(BASE, other, 201, 200)  # a new run on stable, the cached one on canary
     assert verdict.outcome is ComparisonOutcome.MATCH
     assert verdict.fields == ()
+
+
+def test_results_match_when_the_canary_serializes_differently():
+    """Spacing, key order and number spelling differ between serializers; the values do not."""
+    reordered = {name: BASE[name] for name in reversed(list(BASE))}
+    reordered["metrics"] = dict(reversed(list(BASE["metrics"].items())))
+    stable_body = json.dumps(BASE, indent=1).encode()
+    canary_body = json.dumps(reordered, separators=(",", ":")).replace('"cash":10000.0', '"cash":1e4').encode()
+    assert b'"cash":1e4' in canary_body
+    verdict = RULES.compare(RESULT, 201, stable_body, 201, canary_body)
+    assert verdict.outcome is ComparisonOutcome.MATCH, verdict
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
@@ -195,7 +207,7 @@ def test_params_config_dataset_and_unknown_fields_are_compared_under_bounded_lab
     ],
 )
 def test_statuses_are_judged_by_the_declared_rules_when_compared(stable, canary, outcome, fields):
-    body = orjson.dumps(BASE)
+    body = msgspec.json.encode(BASE)
     verdict = RULES.compare(RESULT, stable, body, canary, b'{"detail": "x"}' if canary >= 300 else body)
     assert verdict.outcome is outcome
     assert verdict.fields == fields
@@ -212,7 +224,7 @@ def test_only_the_status_is_compared_when_the_kind_is_status():
 
 
 def test_an_unparsable_canary_body_is_a_mismatch_and_an_unparsable_stable_body_an_error():
-    body = orjson.dumps(BASE)
+    body = msgspec.json.encode(BASE)
     canary_garbage = RULES.compare(RESULT, 201, body, 201, b"<html>oops</html>")
     assert canary_garbage.outcome is ComparisonOutcome.MISMATCH
     assert canary_garbage.fields == ("body",)
