@@ -31,10 +31,8 @@ from pathlib import Path
 import httpx
 import uvloop
 
-from backtest_engine.backtest import run_backtest
-from backtest_engine.service import datasets
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_result import engine_json, engine_result
 from loadgen import Result, closed_loop, open_loop, paired_open_loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,24 +141,8 @@ def merge(results: list[Result]) -> Result:
 
 
 def write_engine_result(path: Path, bars: int) -> int:
-    """A real engine answer (BacktestDetail) as the engine serializes it; returns its size in bytes."""
-    run = run_backtest(datasets.synthetic_frame(bars, 7), "sma_crossover", {"fast": 10, "slow": 40})
-    payload = run.to_dict(include_equity=True)
-    detail = {
-        "id": "bench-result",
-        "strategy": payload["strategy"],
-        "params": payload["params"],
-        "dataset": {"key": f"synthetic:SYN:{bars}:7", "id": None, "symbol": "SYN", "timeframe": "1d", "bars": bars},
-        "engine_version": "bench",
-        "duration_seconds": 0.05,
-        "created_at": "2026-01-01T00:00:00",
-        "metrics": payload["metrics"],
-        "cached": True,
-        "config": payload["config"],
-        "trades": payload["trades"],
-        "equity": payload["equity"],
-    }
-    body = json.dumps(detail, separators=(",", ":")).encode()
+    """A real engine answer as the engine serializes it, in `path`; returns its size in bytes."""
+    body = engine_json(engine_result(bars))
     path.write_bytes(body)
     return len(body)
 

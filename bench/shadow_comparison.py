@@ -23,42 +23,21 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from backtest_engine.backtest import run_backtest
 from backtest_engine.router.comparison import IGNORED_FIELDS, ComparisonOutcome, ComparisonRules, ShadowKind
-from backtest_engine.service import datasets
 from backtest_engine.service.faults import biased
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_result import engine_json, engine_result
+
 RULES = ComparisonRules()
-
-
-def result(bars: int, version: str, stamp: str) -> dict[str, Any]:
-    run = run_backtest(datasets.synthetic_frame(bars, 7), "sma_crossover", {"fast": 10, "slow": 40})
-    payload = run.to_dict(include_equity=True)
-    return {
-        "id": f"{version}-0000-4000-8000-000000000001",
-        "strategy": payload["strategy"],
-        "params": payload["params"],
-        "dataset": {"key": f"synthetic:SYN:{bars}:7", "id": None, "symbol": "SYN", "timeframe": "1d", "bars": bars},
-        "engine_version": version,
-        "duration_seconds": 0.05,
-        "created_at": stamp,
-        "metrics": payload["metrics"],
-        "cached": False,
-        "config": payload["config"],
-        "trades": payload["trades"],
-        "equity": payload["equity"],
-    }
-
-
-def engine_json(value: dict[str, Any]) -> bytes:
-    """Bytes as the engine's answers carry them (Starlette's JSONResponse.render)."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
 
 
 def rate(work: Callable[[], object], seconds: float) -> tuple[float, float]:
@@ -97,8 +76,8 @@ def main() -> None:
         "sizes": {},
     }
     for bars in opts.bars:
-        stable_result = result(bars, "stable-v1", "2026-01-01T00:00:00")
-        canary_result = result(bars, "canary-v2", "2026-01-01T00:00:07")
+        stable_result = engine_result(bars, "stable-v1", "2026-01-01T00:00:00")
+        canary_result = engine_result(bars, "canary-v2", "2026-01-01T00:00:07")
         stable = engine_json(stable_result)
         canary = engine_json(canary_result)
         wrong = engine_json(biased(canary_result, 0.02))
