@@ -43,6 +43,9 @@ class ServiceSettings(BaseSettings):
     fault_result_bias: float = Field(
         default=0.0, ge=-0.5, le=0.5, description="return-based metrics reported times (1 + this); 0 is off"
     )
+    fault_seed: int | None = Field(
+        default=None, description="seed of the fault RNG, so a rehearsal fails the same requests every run"
+    )
     rate_limit: int = Field(default=600, ge=1, description="requests per minute per API key")
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="largest dataset upload")
     max_jobs: int = Field(default=2, ge=1, le=64, description="optimization jobs running at once")
