@@ -289,6 +289,20 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
                 "pairs": len(diffs),
             }
         out["paired_shadow"]["shadow_comparisons"] = delta(await shadow_counts(shadow_router), shadow_before)
+        # the shadowing router against the plain one at the same instants: what shadowing itself adds
+        plain_r, shadow_r, diffs = await paired_open_loop(
+            main_router + "/x", shadow_router + "/x", opts.rate, opts.seconds * opts.rounds
+        )
+        diffs.sort()
+        out["paired_plain_vs_shadow"] = {
+            "plain": summary(plain_r),
+            "shadow": summary(shadow_r),
+            "shadow_minus_plain_p50_ms": round(summary(shadow_r)["p50_ms"] - summary(plain_r)["p50_ms"], 3),
+            "shadow_minus_plain_p99_ms": round(summary(shadow_r)["p99_ms"] - summary(plain_r)["p99_ms"], 3),
+            "pair_difference_p50_ms": ms(diffs[len(diffs) // 2]),
+            "pair_difference_p99_ms": ms(diffs[int(len(diffs) * 0.99)]),
+            "pairs": len(diffs),
+        }
 
         # 2. same rate with a 50/50 split (both healthy): the canary path costs what the stable path does
         weight.write_text("50")
