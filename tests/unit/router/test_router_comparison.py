@@ -77,7 +77,7 @@ def test_results_match_when_the_canary_serializes_differently():
     assert verdict.outcome is ComparisonOutcome.MATCH, verdict
 
 
-@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.fixed_dictionaries(
         {name: st.one_of(st.text(max_size=20), st.floats(allow_nan=False), st.booleans()) for name in IGNORED_FIELDS}
@@ -88,7 +88,7 @@ def test_results_match_whatever_the_ignored_fields_hold_when_the_rest_is_equal(i
     assert compare(BASE, other).outcome is ComparisonOutcome.MATCH
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(sorted(BASE["metrics"])),
     factor=st.floats(min_value=1e-6, max_value=0.5) | st.floats(min_value=-0.5, max_value=-1e-6),
@@ -106,7 +106,7 @@ def test_a_metric_changed_beyond_its_tolerance_is_a_mismatch_naming_it_when_comp
     assert verdict.differences[0].path == f"metrics.{name}"
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ulps=st.integers(min_value=-64, max_value=64))
 def test_rounding_noise_in_every_number_matches_when_compared(ulps):
     """A rebuild that rounds differently (a few units in the last place) is not a different result."""
@@ -276,6 +276,7 @@ def test_only_reads_and_backtest_runs_are_shadowed_when_classified(method, path,
     assert shadow_kind(method, path) is kind
 
 
+@settings(deadline=None)  # timing on a shared machine is not what this checks
 @given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12))
 def test_a_number_is_the_same_as_itself_and_not_as_one_percent_more_when_judged(value):
     tolerance = Tolerance(1e-9, 1e-9)
