@@ -1,8 +1,12 @@
-"""The complete desired state of one BacktestService: engine workloads plus its traffic provider's objects."""
+"""The complete desired state of one BacktestService: the managed database, engine workloads, the traffic
+provider's objects and the NetworkPolicies (the generated credentials Secret is written by
+`generated_secrets`, never applied, because its values are random)."""
 
 from __future__ import annotations
 
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
+from backtest_operator.database import database_manifests
+from backtest_operator.network import network_policies
 from backtest_operator.traffic import traffic_manifests
 from backtest_operator.workloads import Manifest, Owner, WorkloadDefaults, engine_workloads
 
@@ -11,4 +15,9 @@ def desired_manifests(
     owner: Owner, spec: BacktestServiceSpec, status: BacktestServiceStatus, defaults: WorkloadDefaults
 ) -> list[Manifest]:
     """Everything to apply, in an order where nothing refers to an object that does not exist yet."""
-    return [*engine_workloads(owner, spec, status), *traffic_manifests(owner, spec, status, defaults)]
+    return [
+        *database_manifests(owner, spec, status),
+        *engine_workloads(owner, spec, status),
+        *traffic_manifests(owner, spec, status, defaults),
+        *network_policies(owner, spec, status),
+    ]

@@ -22,8 +22,10 @@ from backtest_operator import metrics
 from backtest_operator.analysis import Observation
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus, RolloutPhase
 from backtest_operator.controls import Controls
+from backtest_operator.credentials import with_storage_status
 from backtest_operator.desired import desired_manifests
 from backtest_operator.errors import InvalidSpec
+from backtest_operator.generated_secrets import ensure_credentials
 from backtest_operator.kube import Cluster, RevisionHealth, merge_patch
 from backtest_operator.policy import Action, Decision, Event, decide
 from backtest_operator.prometheus import PrometheusClient, measure, with_pod_health
@@ -87,10 +89,11 @@ class Reconciler:
             generation=int(body["metadata"].get("generation", 0)),
             controls=Controls.from_annotations(body["metadata"].get("annotations")),
         )  # fmt: skip
-        wrote = await self._persist(owner, body.get("status") or {}, decision.status)
+        status = with_storage_status(owner.name, spec, decision.status)
+        wrote = await self._persist(owner, body.get("status") or {}, status)
         for event in decision.events:
             self.post_event(body, event)
-        applied = await self._apply(owner, spec, decision.status, now)
+        applied = await self._apply(owner, spec, status, now)
         self._record(owner, decision)
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         if decision.action != Action.HOLD or wrote:
@@ -138,6 +141,7 @@ class Reconciler:
         last = self._applied.get(key)
         if last is not None and last[0] == digest and now.timestamp() - last[1] < REAPPLY.total_seconds():
             return False
+        await ensure_credentials(self.cluster.core, owner, spec, status)  # before pods that reference it
         await self.cluster.apply(manifests)
         await self.cluster.prune_engine_deployments(owner, _engine_deployments(manifests))
         self._applied[key] = (digest, now.timestamp())

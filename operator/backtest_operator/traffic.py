@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
+from backtest_operator.credentials import router_env
 from backtest_operator.workloads import (
     ENGINE_PORT,
     LABEL_COMPONENT,
@@ -104,10 +105,11 @@ def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: Worklo
                             "name": "router",
                             "image": spec.traffic.router_image or defaults.router_image,
                             "args": args,
+                            "env": router_env(owner.name),  # the proxy token engines trust X-Forwarded-For with
                             "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
                             "resources": {
                                 "requests": {"cpu": "100m", "memory": "128Mi"},
-                                "limits": {"memory": "512Mi"},
+                                "limits": {"cpu": "1", "memory": "512Mi"},
                             },
                             "securityContext": RESTRICTED_CONTAINER,
                             "livenessProbe": {"httpGet": {"path": "/router/health", "port": "http"}},

@@ -270,7 +270,9 @@ class Lab:
             (folder / file).write_text(text)
             parts.append(f"----- {title} ({folder / file}) -----\n{text}")
 
-        section("BacktestService", _safely(lambda: yaml.safe_dump(self.get(), sort_keys=False)), "object.yaml")
+        section(
+            "BacktestService", _safely(lambda: yaml.safe_dump(_readable(self.get()), sort_keys=False)), "object.yaml"
+        )
         section("events", _safely(self._event_lines), "events.txt")
         section("router state", _safely(lambda: json.dumps(self.router_state(), indent=2)), "router-state.json")
         if self.traffic is not None:
@@ -291,6 +293,17 @@ class Lab:
             f"{e.reason} x{e.count or 1}: {e.message}"
             for e in events
         )
+
+
+def _readable(body: dict[str, Any]) -> dict[str, Any]:
+    """The object without the bookkeeping that buries its status: managed fields and kopf's annotations."""
+    metadata = dict(body.get("metadata", {}))
+    metadata.pop("managedFields", None)
+    metadata["annotations"] = {
+        key: value for key, value in (metadata.get("annotations") or {}).items() if "kopf" not in key
+        and not key.endswith("last-handled-configuration")
+    }  # fmt: skip
+    return {**body, "metadata": metadata}
 
 
 def _safely(read: Callable[[], str]) -> str:

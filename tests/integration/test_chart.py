@@ -45,7 +45,7 @@ MONITORING = [
     "monitoring.prometheusRule.enabled=true",
     "monitoring.grafanaDashboard.enabled=true",
 ]
-CORE_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"}
+CORE_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "NetworkPolicy"}
 ALERTS = {
     "BacktestRolloutRolledBack",
     "BacktestRolloutStuck",
@@ -172,7 +172,8 @@ def test_cluster_role_has_exactly_the_rules_file_and_no_wildcard_when_rendered(d
     for rule in rules:
         for key in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[key], f"wildcard in {rule}"
-        assert "secrets" not in rule["resources"]
+        if "secrets" in rule["resources"]:  # the generated credentials Secret: never listed, watched or deleted
+            assert rule["resources"] == ["secrets"] and sorted(rule["verbs"]) == ["create", "get", "patch"]
 
 
 def test_every_rbac_rule_is_commented_when_reading_the_rules_file():
@@ -615,3 +616,17 @@ def http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def test_operator_accepts_only_prometheus_on_its_metrics_port_when_rendered(default_objects):
+    policy = one(default_objects, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"] == one(default_objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert policy["ingress"] == [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {}},
+                      "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+            "ports": [{"port": "metrics", "protocol": "TCP"}],
+        }
+    ]  # fmt: skip
+    probe = one(default_objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "liveness"}

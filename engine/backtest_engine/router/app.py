@@ -71,6 +71,8 @@ class RouterConfig:
     max_connections: int = 256
     shadow_fraction: float = 0.0
     shadow_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    proxy_token: str = ""
+    """Sent to the engines with every request (ROUTER_PROXY_TOKEN) so they trust X-Forwarded-For."""
 
     def validate(self) -> None:
         if self.latency_objective_seconds <= 0:
@@ -103,6 +105,7 @@ class RouterApp:
     ) -> None:
         config.validate()
         self.config = config
+        self._proxy_token = config.proxy_token.encode()
         self.metrics = metrics or RouterMetrics(config.latency_objective_seconds)
         self.weight = WeightState(initial=0)
         self.weight.subscribe(self.metrics.set_weight)
@@ -195,7 +198,7 @@ class RouterApp:
         forwarded = ForwardedRequest(
             method=method,
             target=request_target(scope),
-            headers=upstream_request_headers(scope),
+            headers=upstream_request_headers(scope, self._proxy_token),
             body=body,
             replayable=is_replayable(method, (name for name, _ in scope["headers"])),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -167,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         max_connections=args.max_connections,
         shadow_fraction=args.shadow_fraction,
         shadow_max_in_flight=args.shadow_max_in_flight,
+        proxy_token=os.environ.get("ROUTER_PROXY_TOKEN", ""),  # a secret: from the environment, never argv
     )
     config.validate()
     return config

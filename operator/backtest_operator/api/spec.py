@@ -53,12 +53,59 @@ class EngineSettings(ApiModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the engine."""
     database_url_secret: SecretKeyRef | None = None
-    """Secret key holding a SQLAlchemy URL (PostgreSQL); SQLite on an emptyDir when omitted."""
+    """Secret key holding a SQLAlchemy URL of an external PostgreSQL; when omitted (and storage is shared)
+    the operator runs a PostgreSQL StatefulSet with a PersistentVolumeClaim for this BacktestService."""
+    storage: Literal["shared", "local"] = "shared"
+    """Where results, datasets and jobs live. `shared` (default): one PostgreSQL for every replica and both
+    revisions, surviving rollouts. `local`: SQLite on an emptyDir per pod, lost with the pod and invisible
+    to the other replicas; development only."""
     api_keys_secret: SecretKeyRef | None = None
-    """Secret key holding the engine's API keys (comma-separated, plain or sha256:<hex>); without it the
-    engine accepts requests without a key (and says so in /api/v1/health)."""
+    """Secret key holding the engine's API keys (comma-separated `[tenant:]key`, key plain or
+    sha256:<hex>). When omitted the operator generates a key (tenant `default`) and an admin key into the
+    Secret named in status.apiKeysSecret."""
+    auth: Literal["enabled", "disabled"] = "enabled"
+    """`disabled` lets every request in without a key; development only."""
+    termination_grace_period: Duration = timedelta(seconds=60)
+    """How long a stopping engine pod may take: it stops taking work, finishes its requests and running
+    optimizations, and hands the rest back to the queue within this time (ENGINE_SHUTDOWN_SECONDS is set
+    5 s shorter)."""
     fault_injection: FaultInjection = Field(default_factory=FaultInjection)
     """Faults to inject, for rehearsing rollbacks."""
+
+
+class ManagedDatabase(ApiModel):
+    """The PostgreSQL the operator runs when storage is shared and no databaseUrlSecret is given."""
+
+    image: str = Field(default="postgres:16", min_length=1)
+    """PostgreSQL image (the official image's conventions: POSTGRES_USER, POSTGRES_DB, PGDATA, uid 999)."""
+    storage_size: str = Field(default="5Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$")
+    """Size of the PersistentVolumeClaim."""
+    storage_class_name: str | None = None
+    """StorageClass of the claim; the cluster's default when omitted."""
+    resources: KubeObject = Field(default_factory=dict)
+    """Container resources; sensible requests and limits apply when empty."""
+
+
+class PrometheusPeer(ApiModel):
+    """Where the Prometheus that scrapes the engine runs (NetworkPolicy peer)."""
+
+    namespace_selector: dict[str, str] = Field(default_factory=dict)
+    """Labels of the Prometheus namespace; every namespace when empty."""
+    pod_selector: dict[str, str] = Field(default_factory=lambda: {"app.kubernetes.io/name": "prometheus"})
+    """Labels of the Prometheus pods."""
+
+
+class NetworkPolicySettings(ApiModel):
+    """NetworkPolicies the operator creates for the pods it runs."""
+
+    enabled: bool = True
+    """Create them: engine pods accept traffic only from their router and Prometheus, the database only from
+    the engine pods. Only effective where the network plugin enforces NetworkPolicies."""
+    prometheus: PrometheusPeer = Field(default_factory=PrometheusPeer)
+    """The scraping Prometheus, allowed to reach the engine pods."""
+    extra_ingress_from: list[KubeObject] = Field(default_factory=list)
+    """More NetworkPolicyPeers allowed to reach the engine pods (e.g. the Gateway's pods with the
+    gatewayAPI provider, or clients with the replicas provider)."""
 
 
 class PodSettings(ApiModel):
@@ -254,6 +301,10 @@ class BacktestServiceSpec(PodSettings):
     """Immediate rollback triggers."""
     paused: bool = False
     """Hold the rollout where it is; rollback triggers still act."""
+    database: ManagedDatabase = Field(default_factory=ManagedDatabase)
+    """The managed PostgreSQL (used when engine.storage is shared and engine.databaseUrlSecret is omitted)."""
+    network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+    """Network isolation of the engine and database pods."""
 
     @model_validator(mode="after")
     def _phases_are_consistent(self) -> BacktestServiceSpec:
