@@ -163,7 +163,7 @@ def test_every_shadowed_request_matches_when_the_canary_is_a_correct_release(sta
     clients.close()
 
     shadow = settled(proxy, expected)
-    assert shadow["comparisons"] == {"match": expected, "mismatch": 0, "error": 0, "skipped": 0}
+    assert shadow["comparisons"] == {"match": expected, "mismatch": 0, "error": 0, "skipped": 0}, shadow
     assert expected >= 10  # runs, reads, listing, catalogue and a 404 were compared
     series = scrape(proxy)
     assert series["outcome"] == {"match": expected, "mismatch": 0, "error": 0, "skipped": 0}

@@ -17,6 +17,7 @@ import enum
 import logging
 import random
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ from backtest_engine.router.comparison import (
     ShadowKind,
     shadow_kind,
 )
-from backtest_engine.router.forwarding import ForwardedRequest
+from backtest_engine.router.forwarding import ForwardedRequest, Headers
 from backtest_engine.router.upstream import Answer, Upstream
 
 log = logging.getLogger("backtest_engine.router.shadow")
@@ -44,6 +45,7 @@ RECENT = 5
 LOG_INTERVAL_SECONDS = 1.0
 _MAX_PATH_CHARS = 200
 _MAX_LOGGED_FIELDS = 20
+MAX_DECODED_BYTES = 64 * 1024 * 1024  # a decompressed answer beyond this is not compared (zip bombs)
 
 
 class ShadowOutcome(enum.StrEnum):
@@ -164,17 +166,18 @@ class Shadowing:
             self._record_outcome(ShadowOutcome.SKIPPED)
             return
         self.in_flight += 1
-        copy = dataclasses.replace(
-            forwarded, headers=[*forwarded.headers, (SHADOW_HEADER, b"1")], replayable=True
-        )  # safe to repeat by construction, so a stale keep-alive connection may be retried
-        task = asyncio.get_running_loop().create_task(self._shadow(copy, path, kind, status, stable.body))
+        # The copy asks for an uncompressed answer (nothing to inflate, and nobody reads it but us); it is
+        # safe to repeat by construction, so a stale keep-alive connection may be retried.
+        headers = [(name, value) for name, value in forwarded.headers if name != b"accept-encoding"]
+        copy = dataclasses.replace(forwarded, headers=[*headers, (SHADOW_HEADER, b"1")], replayable=True)
+        task = asyncio.get_running_loop().create_task(self._shadow(copy, path, kind, status, stable))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _shadow(self, copy: ForwardedRequest, path: str, kind: ShadowKind, status: int, body: bytes) -> None:
+    async def _shadow(self, copy: ForwardedRequest, path: str, kind: ShadowKind, status: int, stable: Answer) -> None:
         try:
             answer = await self.canary.attempt(copy)
-            comparison = self.judge(kind, status, body, answer)
+            comparison = self.judge(kind, status, stable, answer)
             self._record(comparison, copy.method, path, status, answer)
         except Exception:  # a bug here must never take the router down; it is an error outcome
             log.exception("event=shadow_failed method=%s path=%s", copy.method, path[:_MAX_PATH_CHARS])
@@ -182,12 +185,21 @@ class Shadowing:
         finally:
             self.in_flight -= 1
 
-    def judge(self, kind: ShadowKind, stable_status: int, stable_body: bytes, canary: Answer) -> Comparison:
-        """The comparison of one shadow attempt: an error when the canary gave no answer."""
+    def judge(self, kind: ShadowKind, stable_status: int, stable: Answer, canary: Answer) -> Comparison:
+        """The comparison of one shadow attempt: an error when the canary gave no answer, or when an
+        answer's content encoding cannot be undone (the bodies would be compared as compressed bytes)."""
         if canary.outcome.failure is not None or canary.outcome.status is None:
             failure = canary.outcome.failure.value if canary.outcome.failure else "no answer"
             return Comparison(ComparisonOutcome.ERROR, reason=f"canary {failure}")
-        return self.rules.compare(kind, stable_status, stable_body, canary.outcome.status, canary.body)
+        if kind is ShadowKind.STATUS:  # bodies are not compared: nothing to decode
+            return self.rules.compare(kind, stable_status, b"", canary.outcome.status, b"")
+        stable_body, stable_coding = content(stable.headers, stable.body)
+        if stable_body is None:
+            return Comparison(ComparisonOutcome.ERROR, reason=f"stable answer in {stable_coding} encoding")
+        canary_body, canary_coding = content(canary.headers, canary.body)
+        if canary_body is None:
+            return Comparison(ComparisonOutcome.ERROR, reason=f"canary answer in {canary_coding} encoding")
+        return self.rules.compare(kind, stable_status, stable_body, canary.outcome.status, canary_body)
 
     # -- recording ----------------------------------------------------------------------------------
 
@@ -270,3 +282,29 @@ def _field_list(labels: tuple[str, ...]) -> str:
     shown = ",".join(labels[:_MAX_LOGGED_FIELDS])
     rest = len(labels) - _MAX_LOGGED_FIELDS
     return f"{shown},+{rest} more" if rest > 0 else shown
+
+
+def content(headers: Headers, body: bytes) -> tuple[bytes | None, str]:
+    """The body with its Content-Encoding undone (gzip, deflate, identity), and the encoding's name.
+
+    None when the encoding is another one (br, zstd, ...) or the data is corrupt or inflates beyond
+    `MAX_DECODED_BYTES`: such an answer cannot be compared.
+    """
+    coding = b""
+    for name, value in headers:
+        if name.lower() == b"content-encoding":
+            coding = value.strip().lower()
+    label = coding.decode("latin-1")[:20] or "identity"
+    if coding in (b"", b"identity"):
+        return body, label
+    if coding not in (b"gzip", b"x-gzip", b"deflate"):
+        return None, label
+    # wbits: 16 + MAX_WBITS reads a gzip wrapper, MAX_WBITS a zlib wrapper (deflate as sent in practice)
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS if coding != b"deflate" else zlib.MAX_WBITS)
+    try:
+        plain = inflater.decompress(body, MAX_DECODED_BYTES)
+    except zlib.error:
+        return None, label
+    if inflater.unconsumed_tail:
+        return None, label
+    return plain, label

@@ -7,7 +7,9 @@ connect: an `error` outcome), or at a real local server where an answer is neede
 from __future__ import annotations
 
 import asyncio
+import gzip
 import random
+import zlib
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -15,7 +17,15 @@ from prometheus_client import CollectorRegistry
 from backtest_devtools.stack import free_port
 from backtest_engine.router.forwarding import ForwardedRequest
 from backtest_engine.router.routing import Failure, Outcome, Track
-from backtest_engine.router.shadow import MAX_FIELD_LABELS, SHADOW_HEADER, Shadowing, ShadowMetrics, Throttle
+from backtest_engine.router.shadow import (
+    MAX_DECODED_BYTES,
+    MAX_FIELD_LABELS,
+    SHADOW_HEADER,
+    Shadowing,
+    ShadowMetrics,
+    Throttle,
+    content,
+)
 from backtest_engine.router.upstream import Answer, Upstream
 
 
@@ -177,3 +187,40 @@ def test_settings_out_of_range_are_refused_when_constructed():
         shadowing(fraction=1.5)
     with pytest.raises(ValueError, match="in-flight"):
         shadowing(max_in_flight=0)
+
+
+def test_bodies_are_inflated_when_the_answer_is_gzip_or_deflate_encoded():
+    body = b'{"metrics": {"total_return": 0.1}}'
+    assert content([(b"Content-Encoding", b"gzip")], gzip.compress(body)) == (body, "gzip")
+    assert content([(b"content-encoding", b"deflate")], zlib.compress(body)) == (body, "deflate")
+    assert content([], body) == (body, "identity")
+
+
+def test_bodies_cannot_be_compared_when_the_encoding_is_unknown_corrupt_or_too_large():
+    assert content([(b"content-encoding", b"br")], b"\x00\x01") == (None, "br")
+    assert content([(b"content-encoding", b"gzip")], b"not gzip") == (None, "gzip")
+    bomb = gzip.compress(b"0" * (MAX_DECODED_BYTES + 1))
+    assert content([(b"content-encoding", b"gzip")], bomb)[0] is None
+
+
+async def test_copies_ask_for_an_uncompressed_answer_when_the_client_accepts_gzip():
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        canary = Upstream(Track.CANARY, f"http://127.0.0.1:{port}", timeout_seconds=2.0)
+        shadow = shadowing(canary=canary)
+        gzipped = ForwardedRequest("GET", b"/api/v1/backtests/abc", [(b"accept-encoding", b"gzip")], b"")
+        stable = Answer(Outcome.answered(200), 0.001, [(b"content-encoding", b"gzip")], gzip.compress(b"{}"))
+        shadow.offer(gzipped, "/api/v1/backtests/abc", stable, weight=5)
+        await settle(shadow)
+        await canary.aclose()
+    assert b"accept-encoding" not in seen[0].lower()
+    assert shadow.state()["comparisons"]["match"] == 1  # stable's gzip answer was inflated and compared
