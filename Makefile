@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test unit lint crds clean checkov deps-system cluster-build helm-build cluster-up cluster-down cluster-status \
-	bench-router bench-engine bench-operator bench-service engine-docs e2e e2e-repeat chart-lint chart-test demo
+	bench-router bench-shadow bench-engine bench-operator bench-service engine-docs e2e e2e-repeat chart-lint chart-test demo
 
 setup: $(STAMP)
 
@@ -89,6 +89,10 @@ cluster-status: setup
 ## Router overhead vs direct calls at a fixed rate, max throughput, weight flips under load.
 bench-router: setup
 	$(BIN)/python bench/router_overhead.py --compare-servers --json bench/results/router.json
+
+## Shadow comparisons per CPU second of full engine results vs plain deep equality (one core).
+bench-shadow: setup
+	$(BIN)/python bench/shadow_comparison.py --json bench/results/shadow-comparison.json
 
 ## Operator memory with 100 BacktestServices against a baseline of none (bench/results/operator.json).
 bench-operator: setup deps-system cluster-build

@@ -85,6 +85,9 @@ def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: Worklo
         "--latency-objective", f"{spec.analysis.latency_objective.total_seconds():g}",
         "--host", "0.0.0.0", "--port", str(ENGINE_PORT),
     ]  # fmt: skip
+    shadow = spec.traffic.shadow
+    if shadow.fraction > 0:  # absent when off, so enabling it later is the only change to existing routers
+        args += ["--shadow-fraction", f"{shadow.fraction:g}", "--shadow-max-in-flight", str(shadow.max_in_flight)]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

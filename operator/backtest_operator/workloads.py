@@ -117,6 +117,8 @@ def engine_env(pod: PodSettings, revision: str, service: str = "") -> list[Manif
         env.append({"name": "ENGINE_FAULT_ERROR_RATE", "value": f"{faults.error_rate:g}"})
     if faults.added_latency.total_seconds() > 0:
         env.append({"name": "ENGINE_FAULT_LATENCY_SECONDS", "value": f"{faults.added_latency.total_seconds():g}"})
+    if faults.result_bias != 0:
+        env.append({"name": "ENGINE_FAULT_RESULT_BIAS", "value": f"{faults.result_bias:g}"})
     return [*env, *pod.env]
 
 

@@ -36,6 +36,7 @@ from backtest_engine.router.routing import (
     plan_after_canary,
     status_without_answer,
 )
+from backtest_engine.router.shadow import DEFAULT_MAX_IN_FLIGHT, Shadowing
 from backtest_engine.router.upstream import Answer, UnforwardableRequestError, Upstream
 from backtest_engine.router.weights import WeightSource, WeightState
 
@@ -68,6 +69,8 @@ class RouterConfig:
     connect_timeout_seconds: float = 1.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_connections: int = 256
+    shadow_fraction: float = 0.0
+    shadow_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     proxy_token: str = ""
     """Sent to the engines with every request (ROUTER_PROXY_TOKEN) so they trust X-Forwarded-For."""
 
@@ -84,6 +87,10 @@ class RouterConfig:
             raise ConfigError("timeouts must be positive")
         if self.max_body_bytes < 0:
             raise ConfigError("--max-body-bytes must not be negative")
+        if not 0.0 <= self.shadow_fraction <= 1.0:
+            raise ConfigError(f"--shadow-fraction must be within 0 and 1, got {self.shadow_fraction}")
+        if self.shadow_max_in_flight < 1:
+            raise ConfigError("--shadow-max-in-flight must be at least 1")
 
 
 class RouterApp:
@@ -118,6 +125,12 @@ class RouterApp:
             max_connections=config.max_connections,
         )
         self._draw = (rng or random.Random()).random
+        self.shadow = Shadowing(
+            self.canary,
+            self.metrics.registry,
+            fraction=config.shadow_fraction,
+            max_in_flight=config.shadow_max_in_flight,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -147,6 +160,7 @@ class RouterApp:
 
     async def shutdown(self) -> None:
         await self.weight_source.stop()
+        await self.shadow.aclose()
         await self.stable.aclose()
         await self.canary.aclose()
 
@@ -197,10 +211,12 @@ class RouterApp:
 
     async def _route(self, scope: Scope, send: Send, forwarded: ForwardedRequest) -> None:
         method, replayable = forwarded.method, forwarded.replayable
-        if choose_track(self.weight.value, self._draw()) is Track.STABLE:
+        weight = self.weight.value
+        if choose_track(weight, self._draw()) is Track.STABLE:
             answer = await self.stable.attempt(forwarded)
             self.metrics.record_attempt(Track.STABLE, answer.outcome, answer.duration_seconds)
             await self._respond(send, method, answer, Track.STABLE, b"")
+            self.shadow.offer(forwarded, scope["path"], answer, weight)  # after the client has its answer
             return
 
         answer = await self.canary.attempt(forwarded)
@@ -280,6 +296,7 @@ class RouterApp:
             },
             "latency_objective_seconds": self.config.latency_objective_seconds,
             "counters": self.metrics.snapshot(),
+            "shadow": self.shadow.state(),
         }
 
 

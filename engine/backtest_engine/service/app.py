@@ -35,7 +35,7 @@ from backtest_engine.service.auth import API_KEY_HEADER, KeyRing, Principal
 from backtest_engine.service.backtests import SUMMARY_METRICS, Backtests, detail, summary
 from backtest_engine.service.bodylimit import BodyLimit
 from backtest_engine.service.clients import ClientAddresses
-from backtest_engine.service.faults import FaultInjection
+from backtest_engine.service.faults import FaultInjection, biased
 from backtest_engine.service.instrumentation import Instrumentation
 from backtest_engine.service.jobrows import JobBounds
 from backtest_engine.service.jobs import FINAL_STATES, JobRunner, status
@@ -135,10 +135,15 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         log.warning("event=no_api_keys reason=ENGINE_API_KEYS is empty; every API request is refused with 401")
     if settings.faults_enabled:
         log.warning(
-            "event=faults_enabled error_rate=%g latency_seconds=%g",
+            "event=faults_enabled error_rate=%g latency_seconds=%g result_bias=%g",
             settings.fault_error_rate,
             settings.fault_latency_seconds,
+            settings.fault_result_bias,
         )
+    bias = settings.fault_result_bias  # silent corruption of reported results (rehearsals only)
+
+    def reported(job: dict[str, Any]) -> dict[str, Any]:
+        return {**job, "best": [biased(entry, bias) for entry in job["best"]]} if bias else job
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -191,6 +196,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 "enabled": settings.faults_enabled,
                 "error_rate": settings.fault_error_rate,
                 "latency_seconds": settings.fault_latency_seconds,
+                "result_bias": settings.fault_result_bias,
             },
         }
 
@@ -308,7 +314,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         row, cached = backtests.run(body, who.tenant, who.scope)
         if cached:
             response.status_code = 200
-        return detail(row, cached)
+        return biased(detail(row, cached), bias)
 
     @app.get(
         "/api/v1/backtests",
@@ -346,7 +352,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise FieldError("sort", "expected created_at or a metric name, optionally prefixed with -")
         query = BacktestQuery(strategy, symbol, dataset_id, start, end, tuple(filters), sort, limit, offset)
         rows, total = store.list_backtests(query, SUMMARY_METRICS, who.scope)
-        return {"items": [summary(r, r["metrics"]) for r in rows], "total": total, "limit": limit, "offset": offset}
+        items = [biased(summary(r, r["metrics"]), bias) for r in rows]
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
 
     def stored_backtest(backtest_id: str, who: Principal) -> dict[str, Any]:
         ensure_schema()
@@ -364,7 +371,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     )
     def get_backtest(who: Caller, backtest_id: Annotated[str, _id_path()]) -> dict[str, Any]:
         """All metrics, the trades and the equity curve of a stored backtest."""
-        return detail(stored_backtest(backtest_id, who), cached=True)
+        return biased(detail(stored_backtest(backtest_id, who), cached=True), bias)
 
     @app.get(
         "/api/v1/backtests/{backtest_id}/export",
@@ -432,7 +439,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         row = jobs.get(job_id, who.scope)
         if row is None:
             raise NotFound("optimization", job_id)
-        return status(row)
+        return reported(status(row))
 
     @app.delete(
         "/api/v1/optimizations/{job_id}",
@@ -453,7 +460,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         row = jobs.cancel(job_id, who.scope)
         if row is None:
             raise NotFound("optimization", job_id)
-        return status(row)
+        return reported(status(row))
 
     # add_middleware puts the last added outermost: instrumentation, CORS, gzip, body limit, faults, the app.
     app.add_middleware(

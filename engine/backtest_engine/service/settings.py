@@ -54,6 +54,9 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     fault_error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="share of requests failed with 500")
     fault_latency_seconds: float = Field(default=0.0, ge=0.0, le=60.0, description="latency added per request")
+    fault_result_bias: float = Field(
+        default=0.0, ge=-0.5, le=0.5, description="return-based metrics reported times (1 + this); 0 is off"
+    )
     fault_seed: int | None = Field(
         default=None, description="seed of the fault RNG, so a rehearsal fails the same requests every run"
     )
@@ -97,7 +100,7 @@ class ServiceSettings(BaseSettings):
 
     @property
     def faults_enabled(self) -> bool:
-        return self.fault_error_rate > 0 or self.fault_latency_seconds > 0
+        return self.fault_error_rate > 0 or self.fault_latency_seconds > 0 or self.fault_result_bias != 0
 
 
 def _entries(text: str) -> tuple[str, ...]:

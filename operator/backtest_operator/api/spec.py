@@ -38,6 +38,9 @@ class FaultInjection(ApiModel):
     """Fraction of API requests the engine answers with HTTP 500."""
     added_latency: Duration = timedelta(0)
     """Latency added to every API request."""
+    result_bias: float = Field(default=0.0, ge=-0.5, le=0.5)
+    """Return-based metrics (total return, CAGR, trade returns, ...) are reported times (1 + this) while
+    every answer stays a normal, fast 200: a silently wrong release, for rehearsing the shadow comparison."""
 
 
 class EngineSettings(ApiModel):
@@ -238,6 +241,18 @@ class RollbackSettings(ApiModel):
     """After promotion the previous version stays ready this long; a trigger within it rolls back at once."""
 
 
+class ShadowSettings(ApiModel):
+    """Shadow comparison by the bundled router: copies of stable-served requests go to the canary in the
+    background and the answers are compared (docs/router.md), which catches results that are wrong without
+    failing. Off with the gatewayAPI and replicas providers, which have no router."""
+
+    fraction: Rate = 0.0
+    """Share of stable-served requests that are safe to repeat (reads and backtest runs, never uploads or job
+    control) also sent to the canary and compared; 0 turns shadowing off."""
+    max_in_flight: int = Field(default=16, ge=1, le=1000)
+    """Shadow copies running at once per router pod; a sampled request beyond this is skipped, never queued."""
+
+
 class TrafficSettings(ApiModel):
     provider: Literal["router", "gatewayAPI", "replicas"] = "router"
     """How weights are realised: the bundled router, Gateway API HTTPRoute weights, or replica ratio."""
@@ -249,6 +264,8 @@ class TrafficSettings(ApiModel):
     """Image of the bundled router; the operator's default router image when omitted."""
     parent_refs: list[KubeObject] = Field(default_factory=list)
     """Gateway API parentRefs of the HTTPRoute the operator manages (gatewayAPI provider)."""
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    """Shadow comparison of canary results against stable (router provider)."""
 
 
 PHASE_RULES: list[dict[str, str]] = [

@@ -39,7 +39,7 @@ def test_health_answers_without_a_key_when_auth_is_enabled(client: TestClient):
     body = client.get("/api/v1/health").json()
     assert body["status"] == "ok"
     assert body["auth"] == "enabled"
-    assert body["faults"] == {"enabled": False, "error_rate": 0.0, "latency_seconds": 0.0}
+    assert body["faults"] == {"enabled": False, "error_rate": 0.0, "latency_seconds": 0.0, "result_bias": 0.0}
 
 
 def test_ready_reports_the_database_when_it_is_reachable(client: TestClient):

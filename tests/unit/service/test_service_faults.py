@@ -23,7 +23,7 @@ def test_every_api_request_fails_with_500_when_the_error_rate_is_one(make_client
 def test_health_shows_the_faults_when_they_are_on(make_client: ClientFactory):
     client = make_client(fault_error_rate=0.15, fault_latency_seconds=0.05)
     faults = client.get("/api/v1/health").json()["faults"]
-    assert faults == {"enabled": True, "error_rate": 0.15, "latency_seconds": 0.05}
+    assert faults == {"enabled": True, "error_rate": 0.15, "latency_seconds": 0.05, "result_bias": 0.0}
 
 
 def test_api_requests_are_slowed_down_when_latency_is_added(make_client: ClientFactory):
