@@ -44,7 +44,6 @@ def fast_spec(prometheus_url: str, image: str = "backtest-engine:1.0.0", **overr
             "interval": "4s",
             "minRequests": 20,
             "latencyObjective": "0.5s",
-            "comparison": {"minLatencySamples": 3},
         },
         "phases": [
             {"name": "canary", "weight": 10, "duration": "8s"},
