@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
+
 from backtest_operator.api import (
     BacktestServiceSpec,
     CheckResult,
@@ -34,7 +36,7 @@ from backtest_operator.api import (
     brief_duration,
 )
 from backtest_operator.histograms import P95, Histogram
-from backtest_operator.sequential import Evidence, exceeds_limit
+from backtest_operator.sequential import Array, ArrayLike, Evidence, exceeds_limit
 
 
 @dataclass(frozen=True)
@@ -149,24 +151,44 @@ def first_failure(checks: Sequence[CheckResult]) -> CheckResult | None:
 BUDGET_WEIGHTS = {
     "error_rate": 3.0,
     "success_rate": 3.0,
-    "error_rate_vs_stable": 1.0,
+    "error_rate_vs_stable": 3.0,
     "latency_vs_stable": 1.0,
     "error_rate_trigger": 1.0,
     "fallback_rate_trigger": 1.0,
     "latency_trigger": 1.0,
 }
-"""How a stage's share of the noise budget is split among its sequential checks: the phase's own error
-and success thresholds carry the detection goals at low traffic, the others back them up."""
+"""How the noise budget is split among the sequential checks of a stage: the phase's error and success
+thresholds and the error comparison with stable carry the detection goals at low traffic (they hold the
+tightest limits), the others back them up."""
+
+BAKE = "bake"
+"""The stage after promotion (``check_budget``'s name for the bake window)."""
 
 
-def check_budget(spec: BacktestServiceSpec, check: str) -> float:
+def stage_checks(spec: BacktestServiceSpec, stage: Phase | str) -> tuple[str, ...]:
+    """The sequential checks that can roll back in a stage (a phase, or ``BAKE``)."""
+    if stage == BAKE:
+        return ("error_rate_trigger", "success_rate")
+    assert isinstance(stage, Phase)
+    checks = ["error_rate", "success_rate", "error_rate_trigger", "fallback_rate_trigger"]
+    if stage.weight < 100:
+        checks.append("latency_trigger")
+        if spec.analysis.comparison.enabled:
+            checks += ["error_rate_vs_stable", "latency_vs_stable"]
+    return tuple(checks)
+
+
+def check_budget(spec: BacktestServiceSpec, check: str, stage: Phase | str) -> float:
     """The false-alarm probability one check may spend in one stage (a phase, or the bake window).
 
-    ``analysis.noiseBudget`` is split evenly over the stages, then by ``BUDGET_WEIGHTS``: the false
-    rollbacks of every check of every stage add up to at most the budget (a union bound).
+    ``analysis.noiseBudget`` is shared out over every (stage, check) pair of the rollout in proportion to
+    ``BUDGET_WEIGHTS``, so the false rollbacks of all of them add up to at most the budget (a union bound).
     """
-    stages = len(spec.phases) + (1 if spec.rollback.bake_window.total_seconds() > 0 else 0)
-    return spec.analysis.noise_budget / stages * BUDGET_WEIGHTS[check] / sum(BUDGET_WEIGHTS.values())
+    stages: list[Phase | str] = [*spec.phases]
+    if spec.rollback.bake_window.total_seconds() > 0:
+        stages.append(BAKE)
+    total = sum(BUDGET_WEIGHTS[name] for each in stages for name in stage_checks(spec, each))
+    return spec.analysis.noise_budget * BUDGET_WEIGHTS[check] / total
 
 
 def analysis_error_check(obs: Observation) -> CheckResult:
@@ -196,10 +218,15 @@ class RateRule:
     limit: float
     limit_label: str
     """e.g. "the phase limit" or "rollback.maxErrorRate"."""
+    strict: bool = False
+    """Pass only below the limit (a phase's maxErrorRate fails when the rate reaches it)."""
+    note: str = ""
+    """Said after the limit's value, e.g. how it was derived."""
 
 
 def rate_check(
     spec: BacktestServiceSpec,
+    stage: Phase | str,
     rule: RateRule,
     trials: Sequence[float],
     events: Sequence[float],
@@ -211,7 +238,7 @@ def rate_check(
 ) -> CheckResult:
     """Fail on sequential evidence that the rate is above ``rule.limit``; pass when the observed rate is
     at or below it with at least ``pass_needs`` trials; otherwise inconclusive (keep measuring)."""
-    evidence = exceeds_limit(trials, events, rule.limit, check_budget(spec, rule.name), stride=stride)
+    evidence = exceeds_limit(trials, events, rule.limit, check_budget(spec, rule.name, stage), stride=stride)
     total, rate = evidence.trials, evidence.rate
     if total <= 0 or rate is None or total < min_trials:
         return _too_few(rule.name, total, max(1, round(min_trials)), where)
@@ -222,20 +249,26 @@ def rate_check(
             Verdict.FAIL,
             rate,
             evidence,
-            f"{rule.label} {_pct(rate)} ({counts}) {where} is above {rule.limit_label} {_pct(rule.limit)}: "
-            f"{evidence.describe()}",
+            f"{rule.label} {_pct(rate)} ({counts}) {where} is above {rule.limit_label} "
+            f"({_pct(rule.limit)}{rule.note}): {evidence.describe()}",
         )
-    if rate <= rule.limit and total >= pass_needs:
+    meets = rate < rule.limit if rule.strict else rate <= rule.limit
+    within, beyond = ("<", ">=") if rule.strict else ("<=", ">")
+    if meets and total >= pass_needs:
         return _result(
-            rule, Verdict.PASS, rate, evidence, f"{rule.label} {_pct(rate)} <= {_pct(rule.limit)} {where} ({counts})"
+            rule,
+            Verdict.PASS,
+            rate,
+            evidence,
+            f"{rule.label} {_pct(rate)} {within} {_pct(rule.limit)} {where} ({counts})",
         )
-    if rate <= rule.limit:
+    if meets:
         return _result(
             rule,
             Verdict.INCONCLUSIVE,
             rate,
             evidence,
-            f"{rule.label} {_pct(rate)} <= {_pct(rule.limit)} {where}, but only {total:.0f} requests, "
+            f"{rule.label} {_pct(rate)} {within} {_pct(rule.limit)} {where}, but only {total:.0f} requests, "
             f"{pass_needs:.0f} needed",
         )
     return _result(
@@ -243,7 +276,7 @@ def rate_check(
         Verdict.INCONCLUSIVE,
         rate,
         evidence,
-        f"{rule.label} {_pct(rate)} > {_pct(rule.limit)} {where} ({counts}), not yet clearly above it "
+        f"{rule.label} {_pct(rate)} {beyond} {_pct(rule.limit)} {where} ({counts}), not yet clearly above it "
         f"({evidence.describe()}): measuring on",
     )
 
@@ -285,6 +318,7 @@ def trigger_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) ->
     checks.append(
         rate_check(
             spec,
+            phase,
             RateRule("error_rate_trigger", "canary error rate", rules.max_error_rate, "rollback.maxErrorRate"),
             trials,
             [s.errors for s in stretches],
@@ -296,6 +330,7 @@ def trigger_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) ->
     checks.append(
         rate_check(
             spec,
+            phase,
             RateRule(
                 "fallback_rate_trigger", "canary fallback rate", rules.max_fallback_rate, "rollback.maxFallbackRate"
             ),
@@ -357,7 +392,8 @@ def latency_check(
     label = f"share of canary requests slower than stable's p95 + {increase.total_seconds():g}s"
     result = rate_check(
         spec,
-        RateRule(name, label, 1.0 - P95, setting),
+        phase,
+        RateRule(name, label, 1.0 - P95, f"the share a p95 within {setting} allows"),
         trials,
         events,
         _where(obs),
@@ -403,6 +439,7 @@ def phase_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) -> l
         _as_success(
             rate_check(
                 spec,
+                phase,
                 success,
                 trials,
                 [s.failures for s in stretches],
@@ -413,10 +450,11 @@ def phase_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) -> l
             )
         )
     )
-    errors = RateRule("error_rate", "canary error rate", phase.max_error_rate, "the phase limit")
+    errors = RateRule("error_rate", "canary error rate", phase.max_error_rate, "the phase limit", strict=True)
     checks.append(
         rate_check(
             spec,
+            phase,
             errors,
             trials,
             [s.errors for s in stretches],
@@ -449,7 +487,7 @@ def comparison_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation)
     latency = latency_check(
         spec, phase, obs, "latency_vs_stable", settings.latency_margin, "analysis.comparison.latencyMargin"
     )
-    return [_error_rate_comparison(spec, obs), _not_worse(latency)]
+    return [_error_rate_comparison(spec, phase, obs), _not_worse(latency)]
 
 
 def _not_worse(check: CheckResult) -> CheckResult:
@@ -459,33 +497,37 @@ def _not_worse(check: CheckResult) -> CheckResult:
     return check
 
 
-def stable_upper_bound(errors: float, requests: float) -> float:
+def stable_upper_bound(errors: ArrayLike, requests: ArrayLike) -> Array:
     """Upper 97.5% (Clopper-Pearson) bound of stable's error rate: the comparison never leans on luck."""
     from scipy.special import betaincinv  # noqa: PLC0415 - keeps scipy out of CLI start-up
 
-    if requests <= 0:
-        return 1.0
-    failures = min(requests, max(0.0, errors))
-    if failures >= requests:
-        return 1.0
-    return float(betaincinv(failures + 1.0, requests - failures, 0.975))
+    n = np.asarray(requests, dtype=np.float64)
+    x = np.clip(np.asarray(errors, dtype=np.float64), 0.0, n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = betaincinv(x + 1.0, n - x, 0.975)
+    return np.asarray(np.where((n <= 0) | (x >= n), 1.0, bound), dtype=np.float64)
 
 
-def _error_rate_comparison(spec: BacktestServiceSpec, obs: Observation) -> CheckResult:
+def _error_rate_comparison(spec: BacktestServiceSpec, phase: Phase, obs: Observation) -> CheckResult:
     """Sequential test of the canary's errors against stable's error rate (upper bound) plus the margin."""
     settings, stable = spec.analysis.comparison, obs.stable_phase
     if stable.requests < spec.analysis.min_requests:
         return _too_few(
             "error_rate_vs_stable", stable.requests, spec.analysis.min_requests, "to compare against", "stable"
         )
-    limit = min(1.0, stable_upper_bound(stable.errors, stable.requests) + settings.error_rate_margin)
+    limit = min(1.0, float(stable_upper_bound(stable.errors, stable.requests)) + settings.error_rate_margin)
     stretches = judged_stretches(obs, obs.canary_phase)
-    label = f"canary error rate against stable's {_pct(error_rate(stable) or 0.0)}"
+    stable_rate = _pct(error_rate(stable) or 0.0)
     rule = RateRule(
-        "error_rate_vs_stable", label, limit, f"stable (upper bound) + margin {_pct(settings.error_rate_margin)}"
+        "error_rate_vs_stable",
+        "canary error rate",
+        limit,
+        f"stable's {stable_rate} plus the {_pct(settings.error_rate_margin)} margin",
+        note=", from stable's upper 97.5% bound",
     )
     check = rate_check(
         spec,
+        phase,
         rule,
         [s.requests for s in stretches],
         [s.errors for s in stretches],
@@ -510,7 +552,14 @@ def bake_checks(spec: BacktestServiceSpec, obs: Observation) -> list[CheckResult
     )
     checks.append(
         rate_check(
-            spec, errors, trials, [s.errors for s in stretches], where, stride=obs.stretch_intervals, min_trials=floor
+            spec,
+            BAKE,
+            errors,
+            trials,
+            [s.errors for s in stretches],
+            where,
+            stride=obs.stretch_intervals,
+            min_trials=floor,
         )
     )
     last = spec.phases[-1]
@@ -524,6 +573,7 @@ def bake_checks(spec: BacktestServiceSpec, obs: Observation) -> list[CheckResult
         _as_success(
             rate_check(
                 spec,
+                BAKE,
                 success,
                 trials,
                 [s.failures for s in stretches],

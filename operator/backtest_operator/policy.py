@@ -361,7 +361,8 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         checks=[*triggers, *checks],
     )
     status = status.evolve(step=index, canary_weight=phase.weight, last_analysis=record)
-    return _judge(ctx, status, index, phase, checks)
+    # Every check is reported (metrics, simulator); only the phase checks decide whether the phase passes.
+    return replace(_judge(ctx, status, index, phase, checks), checks=(*triggers, *checks))
 
 
 def _waiting_for_canary(ctx: _Context, status: BacktestServiceStatus) -> Decision:

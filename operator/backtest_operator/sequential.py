@@ -40,41 +40,48 @@ ANCHOR_SHARE = 0.9
 """Share of a check's alpha spent on the anchored test; the rest covers faults that start late."""
 
 
-def prior(limit: float) -> tuple[float, float]:
+def prior(limit: ArrayLike) -> tuple[Array, Array]:
     """Beta(a, b) over the rates above ``limit``, mean about four times the limit (capped).
 
     The prior only decides how the evidence is averaged over possible fault sizes, never the guarantee:
     any prior supported above the limit keeps the false-alarm bound.
     """
-    return 1.0, max(1.0, 1.0 / (4.0 * limit) - 1.0)
+    p0 = np.asarray(limit, dtype=np.float64)
+    return np.ones_like(p0), np.maximum(1.0, 1.0 / (4.0 * p0) - 1.0)
 
 
-def change_alternative(limit: float) -> float:
+def change_alternative(limit: ArrayLike) -> Array:
     """The "clearly bad" rate the change test listens for: twice the limit or 5 points more, if larger."""
-    return min(limit + max(limit, 0.05), (1.0 + limit) / 2.0)
+    p0 = np.asarray(limit, dtype=np.float64)
+    return np.asarray(np.minimum(p0 + np.maximum(p0, 0.05), (1.0 + p0) / 2.0), dtype=np.float64)
 
 
-def log_mixture_ratio(trials: ArrayLike, events: ArrayLike, limit: float) -> Array:
-    """log of the anchored test's likelihood ratio: rates above ``limit`` (Beta prior) against ``limit``."""
+def log_mixture_ratio(trials: ArrayLike, events: ArrayLike, limit: ArrayLike) -> Array:
+    """log of the anchored test's likelihood ratio: rates above ``limit`` (Beta prior) against ``limit``.
+
+    Limits must lie strictly between 0 and 1.
+    """
     from scipy.special import betainc, betaln  # noqa: PLC0415 - keeps scipy out of CLI start-up
 
     n = np.asarray(trials, dtype=np.float64)
     x = np.clip(np.asarray(events, dtype=np.float64), 0.0, n)
-    a, b = prior(limit)
+    p0 = np.asarray(limit, dtype=np.float64)
+    a, b = prior(p0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        posterior_tail = np.log(betainc(b + n - x, a + x, 1.0 - limit))
-        prior_tail = math.log(float(betainc(b, a, 1.0 - limit)))
-        null = x * math.log(limit) + (n - x) * math.log1p(-limit)
+        posterior_tail = np.log(betainc(b + n - x, a + x, 1.0 - p0))
+        prior_tail = np.log(betainc(b, a, 1.0 - p0))
+        null = x * np.log(p0) + (n - x) * np.log1p(-p0)
         result = betaln(a + x, b + n - x) + posterior_tail - betaln(a, b) - prior_tail - null
     return np.asarray(np.where(np.isnan(result), -np.inf, result), dtype=np.float64)
 
 
-def change_increment(trials: ArrayLike, events: ArrayLike, limit: float) -> Array:
-    """log likelihood ratio of one stretch, ``change_alternative(limit)`` against ``limit``."""
+def change_increment(trials: ArrayLike, events: ArrayLike, limit: ArrayLike) -> Array:
+    """log likelihood ratio of each stretch, ``change_alternative(limit)`` against ``limit``."""
     n = np.asarray(trials, dtype=np.float64)
     x = np.clip(np.asarray(events, dtype=np.float64), 0.0, n)
-    bad = change_alternative(limit)
-    return np.asarray(x * math.log(bad / limit) + (n - x) * math.log((1.0 - bad) / (1.0 - limit)), dtype=np.float64)
+    p0 = np.asarray(limit, dtype=np.float64)
+    bad = change_alternative(p0)
+    return np.asarray(x * np.log(bad / p0) + (n - x) * np.log((1.0 - bad) / (1.0 - p0)), dtype=np.float64)
 
 
 def anchor_threshold(alpha: float) -> float:
@@ -82,19 +89,58 @@ def anchor_threshold(alpha: float) -> float:
     return math.log(1.0 / (ANCHOR_SHARE * alpha))
 
 
-def change_threshold(alpha: float, start: int) -> float:
-    """log threshold for data since stretch boundary ``start`` (>= 1, in analysis intervals)."""
-    return math.log(start * (start + 1) / ((1.0 - ANCHOR_SHARE) * alpha))
+def change_threshold(alpha: float, start: ArrayLike) -> Array:
+    """log threshold for the data since stretch boundary ``start`` (>= 1, counted in analysis intervals)."""
+    k = np.asarray(start, dtype=np.float64)
+    return np.asarray(np.log(k * (k + 1.0) / ((1.0 - ANCHOR_SHARE) * alpha)), dtype=np.float64)
 
 
-def change_step(score: ArrayLike, increment: ArrayLike, alpha: float, start: int) -> Array:
-    """One CUSUM step: the best (log ratio - threshold) over every boundary, with boundary ``start`` new.
+@dataclass(frozen=True)
+class Margins:
+    """Per row: how far each test is past its threshold (>= 0: evidence), and where a change begins."""
 
-    ``score`` is the previous result (``-inf`` before the first boundary); evidence exists when the result
-    is >= 0. Equivalent to recomputing every boundary's ratio from scratch, in one pass.
+    anchor: Array
+    change: Array
+    change_start: Array
+    """Index of the stretch the best change score counts from (0 when there is none)."""
+
+    @property
+    def exceeded(self) -> Array:
+        return np.asarray((self.anchor >= 0) | (self.change >= 0))
+
+
+def margins(trials: Array, events: Array, limit: ArrayLike, alpha: float, stride: int = 1) -> Margins:
+    """Both tests at once for many rows: ``trials`` and ``events`` are (rows, stretches), oldest first.
+
+    Trailing stretches of zeros are harmless (they add no evidence), so rows of different lengths can be
+    padded. ``limit`` is one value or one per row, strictly between 0 and 1. This is the very computation
+    ``exceeds_limit`` makes for one row; the benchmark calls it for thousands.
     """
-    opened = np.maximum(np.asarray(score, dtype=np.float64), -change_threshold(alpha, start))
-    return np.asarray(opened + np.asarray(increment, dtype=np.float64), dtype=np.float64)
+    n = np.asarray(trials, dtype=np.float64).clip(min=0.0)
+    x = np.minimum(np.asarray(events, dtype=np.float64).clip(min=0.0), n)
+    rows, stretches = n.shape
+    p0 = np.broadcast_to(np.asarray(limit, dtype=np.float64), (rows,))
+    total_n, total_x = n.sum(axis=1), x.sum(axis=1)
+    anchor = np.full(rows, -np.inf)
+    # At or below the limit every likelihood ratio of the mixture is <= 1: no need to compute it.
+    above = total_x > p0 * total_n
+    if above.any():
+        anchor[above] = log_mixture_ratio(total_n[above], total_x[above], p0[above]) - anchor_threshold(alpha)
+    change, start = np.full(rows, -np.inf), np.zeros(rows, dtype=np.float64)
+    if stretches < 2:
+        return Margins(anchor, change, start)
+    increments = change_increment(n[:, 1:], x[:, 1:], p0[:, None])
+    # A row whose positive increments cannot reach the lowest threshold has no change to find.
+    lowest = float(change_threshold(alpha, stride))
+    candidates = np.flatnonzero(np.clip(increments, 0.0, None).sum(axis=1) >= lowest)
+    if candidates.size:
+        # The log ratio of the data since each boundary k >= 1 (suffix sums), against its own threshold.
+        since = np.cumsum(increments[candidates, ::-1], axis=1)[:, ::-1]
+        scores = since - change_threshold(alpha, np.arange(1, stretches, dtype=np.float64) * stride)
+        best = np.argmax(scores, axis=1)
+        change[candidates] = scores[np.arange(candidates.size), best]
+        start[candidates] = best + 1
+    return Margins(anchor, change, start)
 
 
 @dataclass(frozen=True)
@@ -160,34 +206,20 @@ def exceeds_limit(
     the probability, over every look the caller ever makes, that a rate at or below ``limit`` is reported
     as exceeded. Call it again with more stretches at each look; it keeps no state.
     """
-    n = np.asarray(trials, dtype=np.float64).clip(min=0.0)
-    x = np.minimum(np.asarray(events, dtype=np.float64).clip(min=0.0), n)
+    n = np.asarray(trials, dtype=np.float64).clip(min=0.0).reshape(1, -1)
+    x = np.minimum(np.asarray(events, dtype=np.float64).clip(min=0.0).reshape(1, -1), n)
     total_n, total_x = float(n.sum()), float(x.sum())
-    if limit <= 0.0 or limit >= 1.0:
+    threshold = anchor_threshold(alpha)
+    if limit <= 0.0 or limit >= 1.0 or n.shape[1] == 0:
         exceeded = limit <= 0.0 and total_x > 0
         log_ratio = math.inf if exceeded else -math.inf
-        return Evidence(exceeded, total_n, total_x, limit, alpha, log_ratio, anchor_threshold(alpha))
-    log_ratio = float(log_mixture_ratio(total_n, total_x, limit))
-    threshold = anchor_threshold(alpha)
-    if log_ratio >= threshold:
-        return Evidence(True, total_n, total_x, limit, alpha, log_ratio, threshold)
-    since = _change_start(n, x, limit, alpha, stride)
-    if since is None:
-        return Evidence(False, total_n, total_x, limit, alpha, log_ratio, threshold)
+        return Evidence(exceeded, total_n, total_x, limit, alpha, log_ratio, threshold)
+    found = margins(n, x, limit, alpha, stride)
+    log_ratio = float(found.anchor[0]) + threshold
+    if found.anchor[0] >= 0 or found.change[0] < 0:
+        return Evidence(bool(found.anchor[0] >= 0), total_n, total_x, limit, alpha, log_ratio, threshold)
+    since = int(found.change_start[0])
     return Evidence(
         True, total_n, total_x, limit, alpha, log_ratio, threshold,
-        change_since=since * stride, change_trials=float(n[since:].sum()), change_events=float(x[since:].sum()),
+        change_since=since * stride, change_trials=float(n[0, since:].sum()), change_events=float(x[0, since:].sum()),
     )  # fmt: skip
-
-
-def _change_start(n: Array, x: Array, limit: float, alpha: float, stride: int) -> int | None:
-    """The boundary whose data since then crosses its change threshold by the most, if any does."""
-    if len(n) < 2:
-        return None
-    increments = change_increment(n, x, limit)
-    # Suffix sums: the log ratio of the data since each boundary k >= 1, against its own threshold.
-    since = np.cumsum(increments[::-1])[::-1][1:]
-    starts = np.arange(1, len(n)) * stride
-    margins = since - np.log(starts * (starts + 1.0) / ((1.0 - ANCHOR_SHARE) * alpha))
-    best = int(np.argmax(margins))
-    return best + 1 if margins[best] >= 0 else None

@@ -29,7 +29,7 @@ from backtest_operator.api import (
     TrackNumbers,
 )
 from backtest_operator.errors import InvalidSpec
-from backtest_operator.histograms import MIN_REFERENCE_REQUESTS, P95
+from backtest_operator.histograms import MIN_REFERENCE_REQUESTS, P95, Histogram
 from backtest_operator.policy import Action, Decision, decide
 from backtest_operator.recordings import Interval
 
@@ -79,16 +79,26 @@ class Outcome:
         return (self.time - self.started).total_seconds() if self.started is not None else None
 
 
-def _sum(tracks: Sequence[TrackNumbers]) -> TrackNumbers:
-    """Counts add up; p95 over several intervals is approximated by their request-weighted mean."""
+def _sum(tracks: Sequence[TrackNumbers], histograms: Sequence[Histogram | None] = ()) -> TrackNumbers:
+    """Counts add up; the p95 of several intervals comes from their summed histograms when the recording has
+    them, else it is approximated by the request-weighted mean of their p95s."""
     weighted = [(t.requests, t.latency_p95_seconds) for t in tracks if t.latency_p95_seconds is not None]
     total_weight = sum(w for w, _ in weighted)
+    p95 = (sum(w * v for w, v in weighted) / total_weight) if total_weight else None
+    known = [h for h in histograms if h is not None]
+    if known and len(known) == len(histograms) and all(h.bounds == known[0].bounds for h in known):
+        summed = Histogram(
+            known[0].bounds,
+            tuple(sum(values) for values in zip(*(h.cumulative for h in known), strict=True)),
+            sum(h.total for h in known),
+        )
+        p95 = summed.quantile(P95)
     return TrackNumbers(
         requests=sum(t.requests for t in tracks),
         errors=sum(t.errors for t in tracks),
         fallbacks=sum(t.fallbacks for t in tracks),
         slow=sum(t.slow for t in tracks),
-        latency_p95_seconds=(sum(w * v for w, v in weighted) / total_weight) if total_weight else None,
+        latency_p95_seconds=p95,
     )
 
 
@@ -115,8 +125,8 @@ def _observe(intervals: Sequence[Interval], index: int, now: datetime, status: B
         time=now,
         canary_recent=current.track("canary"),
         stable_recent=current.track("stable"),
-        canary_phase=_sum([i.track("canary") for i in in_phase]),
-        stable_phase=_sum([i.track("stable") for i in in_phase]),
+        canary_phase=_sum([i.track("canary") for i in in_phase], [i.latency.get("canary") for i in in_phase]),
+        stable_phase=_sum([i.track("stable") for i in in_phase], [i.latency.get("stable") for i in in_phase]),
         recent_window=now - current.time,
         phase_window=now - since,
         stretches=tuple(_stretch(i) for i in in_phase),
