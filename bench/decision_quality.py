@@ -67,9 +67,9 @@ SCENARIOS = [
         healthy=True,
     ),
     Scenario(
-        "healthy: 1% errors, 0.8% slow (as stable; 98.2% success, 98% needed at 100%)",
-        canary=Behaviour(error_rate=0.01, slow_rate=0.008),
-        stable=Behaviour(error_rate=0.01, slow_rate=0.008),
+        "healthy: 0.8% errors, 1% slow (as stable; near the 100% phase's 1% and 98%)",
+        canary=Behaviour(error_rate=0.008, slow_rate=0.01),
+        stable=Behaviour(error_rate=0.008, slow_rate=0.01),
         healthy=True,
     ),
     Scenario("15% errors", fault=Fault(Behaviour(error_rate=0.15)), bound_seconds=180),

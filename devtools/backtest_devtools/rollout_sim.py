@@ -16,13 +16,16 @@ sees the same numbers, whatever it decides. Three judges read them, interval by 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
 
 from backtest_devtools.rollout_noise import ROUTER_BUCKETS, NoiseModel
-from backtest_operator.analysis import BAKE, FAILURE_PRECEDENCE, check_budget, stable_upper_bound, stage_checks
+from backtest_operator.analysis import FAILURE_PRECEDENCE
 from backtest_operator.api import BacktestServiceSpec, Phase
+from backtest_operator.budget import BAKE, check_budget, stage_checks
+from backtest_operator.comparisons import stable_upper_bound
 from backtest_operator.histograms import MIN_REFERENCE_REQUESTS, P95, count_above, quantile
 from backtest_operator.sequential import margins
 
@@ -51,6 +54,7 @@ class Recording:
     slow: Array
     stable_requests: Array
     stable_errors: Array
+    stable_slow: Array
     canary_p95: Array
     stable_p95: Array
     """NaN where stable had fewer than MIN_REFERENCE_REQUESTS requests."""
@@ -71,7 +75,7 @@ class Recording:
     def intervals(self) -> int:
         return int(self.requests.shape[1])
 
-    @property
+    @cached_property
     def failures(self) -> Array:
         return np.minimum(self.requests, self.errors + self.slow)
 
@@ -106,6 +110,7 @@ def record(spec: BacktestServiceSpec, model: NoiseModel, *, keep_buckets: bool =
         for name, value in (
             ("requests", canary.requests), ("errors", canary.errors), ("fallbacks", canary.fallbacks),
             ("slow", canary.slow), ("stable_requests", stable.requests), ("stable_errors", stable.errors),
+            ("stable_slow", stable.slow),
         ):  # fmt: skip
             columns[name].append(value)
         columns["canary_p95"].append(quantile(BOUNDS, canary.buckets, P95))
@@ -168,9 +173,12 @@ def judge_policy(spec: BacktestServiceSpec, rec: Recording) -> Verdicts:
     floor, needed = spec.rollback.min_requests, spec.analysis.min_requests
     sums = {
         name: _running_sums(getattr(rec, name))
-        for name in ("requests", "errors", "stable_requests", "stable_errors", "latency_trials")
+        for name in ("requests", "errors", "stable_requests", "stable_errors", "stable_slow", "latency_trials")
     }
     sums["failures"] = _running_sums(rec.failures)
+    stages: list[Phase | str] = [*phases, BAKE]
+    budgets = {(name, index): check_budget(spec, name, stage) for index, stage in enumerate(stages)
+               for name in stage_checks(spec, stage)}  # fmt: skip
     for column in range(rec.intervals):
         active = verdicts.outcome == RUNNING
         active |= (verdicts.outcome == PROMOTED) & (stage == len(phases))
@@ -179,10 +187,11 @@ def judge_policy(spec: BacktestServiceSpec, rec: Recording) -> Verdicts:
         seconds = (column + 1) * interval
         hit = np.zeros(runs, dtype=bool)
         names = np.full(runs, None, dtype=object)
-        groups = {(int(a), int(b)) for a, b in zip(stage_start[active], stage[active], strict=True)}
+        keys = np.unique(stage_start[active] * (len(phases) + 2) + stage[active])
+        groups = [(int(key) // (len(phases) + 2), int(key) % (len(phases) + 2)) for key in keys]
         for first, index in groups:  # runs that started the same stage together
             rows = np.flatnonzero(active & (stage_start == first) & (stage == index))
-            failed, check = _failures(spec, rec, sums, rows, index, first, column, floor)
+            failed, check = _failures(spec, rec, sums, budgets, rows, index, first, column, floor)
             hit[rows] = failed
             names[rows] = check
         for name in set(names[hit]):
@@ -217,25 +226,23 @@ def judge_policy(spec: BacktestServiceSpec, rec: Recording) -> Verdicts:
 
 
 def _failures(
-    spec: BacktestServiceSpec, rec: Recording, sums: dict[str, Array], rows: npt.NDArray[np.int64],
-    stage: int, start: int, column: int, floor: int,
+    spec: BacktestServiceSpec, rec: Recording, sums: dict[str, Array], budgets: dict[tuple[str, int], float],
+    rows: npt.NDArray[np.int64], stage: int, start: int, column: int, floor: int,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.object_]]:  # fmt: skip
     """Which of ``rows`` (all in ``stage`` since column ``start``) have evidence to roll back at ``column``,
     and the check reported for each."""
     phases, rules = spec.phases, spec.rollback
-    baking = stage >= len(phases)
     phase = phases[min(stage, len(phases) - 1)]
-    applicable = stage_checks(spec, BAKE if baking else phase)
     span = slice(start, column + 1)
     n = rec.requests[rows, span]
     enough = n.sum(axis=1) >= floor
     found: dict[str, npt.NDArray[np.bool_]] = {}
 
     def test(name: str, events: Array, limit: Array | float, trials: Array | None = None) -> npt.NDArray[np.bool_]:
-        if name not in applicable:
+        budget = budgets.get((name, min(stage, len(phases))))
+        if budget is None:  # the check does not apply in this stage
             return np.zeros(len(rows), dtype=bool)
         counts = n if trials is None else trials
-        budget = check_budget(spec, name, BAKE if baking else phase)
         exceeded = margins(counts, events[rows, span], limit, budget).exceeded
         return np.asarray(exceeded & (counts.sum(axis=1) >= floor))
 
@@ -245,11 +252,16 @@ def _failures(
     found["latency_trigger"] = test("latency_trigger", rec.above_increase, 1.0 - P95, latency)
     found["success_rate"] = test("success_rate", rec.failures, 1.0 - phase.min_success_rate)
     found["error_rate"] = test("error_rate", rec.errors, phase.max_error_rate)
+    settings = spec.analysis.comparison
     stable_n = _stage_sums(sums["stable_requests"][rows], start, column)
-    stable_x = _stage_sums(sums["stable_errors"][rows], start, column)
-    limit = np.minimum(1.0 - 1e-9, stable_upper_bound(stable_x, stable_n) + spec.analysis.comparison.error_rate_margin)
     comparable = stable_n >= spec.analysis.min_requests
-    found["error_rate_vs_stable"] = comparable & test("error_rate_vs_stable", rec.errors, limit)
+    for name, events, stable_events, margin in (
+        ("error_rate_vs_stable", rec.errors, "stable_errors", settings.error_rate_margin),
+        ("slow_rate_vs_stable", rec.slow, "stable_slow", settings.slow_rate_margin),
+    ):
+        stable_x = _stage_sums(sums[stable_events][rows], start, column)
+        limit = np.minimum(1.0 - 1e-9, stable_upper_bound(stable_x, stable_n) + margin)
+        found[name] = comparable & test(name, events, limit)
     found["latency_vs_stable"] = test("latency_vs_stable", rec.above_margin, 1.0 - P95, latency)
     failed = np.zeros(len(rows), dtype=bool)
     check = np.full(len(rows), None, dtype=object)

@@ -76,12 +76,15 @@ def log_mixture_ratio(trials: ArrayLike, events: ArrayLike, limit: ArrayLike) ->
 
 
 def change_increment(trials: ArrayLike, events: ArrayLike, limit: ArrayLike) -> Array:
-    """log likelihood ratio of each stretch, ``change_alternative(limit)`` against ``limit``."""
-    n = np.asarray(trials, dtype=np.float64)
-    x = np.clip(np.asarray(events, dtype=np.float64), 0.0, n)
+    """log likelihood ratio of each stretch, ``change_alternative(limit)`` against ``limit``.
+
+    Counts must satisfy 0 <= events <= trials (``exceeds_limit`` makes sure of it).
+    """
     p0 = np.asarray(limit, dtype=np.float64)
     bad = change_alternative(p0)
-    return np.asarray(x * np.log(bad / p0) + (n - x) * np.log((1.0 - bad) / (1.0 - p0)), dtype=np.float64)
+    per_good = np.log((1.0 - bad) / (1.0 - p0))
+    per_bad = np.log(bad / p0) - per_good
+    return np.asarray(np.asarray(events) * per_bad + np.asarray(trials) * per_good, dtype=np.float64)
 
 
 def anchor_threshold(alpha: float) -> float:
@@ -113,11 +116,11 @@ def margins(trials: Array, events: Array, limit: ArrayLike, alpha: float, stride
     """Both tests at once for many rows: ``trials`` and ``events`` are (rows, stretches), oldest first.
 
     Trailing stretches of zeros are harmless (they add no evidence), so rows of different lengths can be
-    padded. ``limit`` is one value or one per row, strictly between 0 and 1. This is the very computation
-    ``exceeds_limit`` makes for one row; the benchmark calls it for thousands.
+    padded. Counts must satisfy 0 <= events <= trials; ``limit`` is one value or one per row, strictly
+    between 0 and 1. This is the very computation ``exceeds_limit`` makes for one row; the benchmark calls
+    it for thousands.
     """
-    n = np.asarray(trials, dtype=np.float64).clip(min=0.0)
-    x = np.minimum(np.asarray(events, dtype=np.float64).clip(min=0.0), n)
+    n, x = np.asarray(trials, dtype=np.float64), np.asarray(events, dtype=np.float64)
     rows, stretches = n.shape
     p0 = np.broadcast_to(np.asarray(limit, dtype=np.float64), (rows,))
     total_n, total_x = n.sum(axis=1), x.sum(axis=1)

@@ -111,6 +111,9 @@ class ComparisonSettings(ApiModel):
     analysis.noiseBudget)."""
     error_rate_margin: Rate = 0.005
     """Canary error rate may exceed stable's (its upper 97.5% bound) by this much before it counts as worse."""
+    slow_rate_margin: Rate = 0.005
+    """Canary share of requests over the latency objective may exceed stable's (its upper 97.5% bound) by
+    this much before it counts as worse."""
     latency_margin: Duration = timedelta(milliseconds=100)
     """Canary p95 latency may exceed stable's by this much before it counts as worse."""
 

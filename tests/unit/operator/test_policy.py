@@ -2,6 +2,8 @@
 
 from datetime import timedelta
 
+import pytest
+
 from backtest_operator.analysis import Stretch, first_failure
 from backtest_operator.api import CheckResult, Outcome, RolloutPhase, Verdict
 from backtest_operator.controls import Controls
@@ -478,3 +480,121 @@ def test_trigger_is_reported_before_phase_checks_when_both_fail_in_one_evaluatio
     assert first_failure(checks).name == "latency_trigger"
     assert first_failure(list(reversed(checks))).name == "latency_trigger"
     assert first_failure([CheckResult(name="custom", verdict=Verdict.FAIL), *checks[:2]]).name == "latency_vs_stable"
+
+
+# Defects found in review (issue 10, item 5) ------------------------------------------------------------
+
+
+def test_paused_spec_holds_a_new_revision_at_weight_zero_until_resumed_when_the_image_changes():
+    driver = healthy()
+    driver.change_spec(image="registry.example/backtest-engine:1.4.0", paused=True)
+    assert driver.step().action == Action.START
+    paused = driver.step()  # the canary is ready, but the rollout is paused: no phase starts
+    assert paused.action == Action.PAUSE
+    assert (paused.status.phase, paused.status.canary_weight, paused.status.phase_started_at) == (
+        RolloutPhase.PAUSED, 0, None)  # fmt: skip
+    assert "paused before the first phase" in paused.reason
+    driver.advance_clock(timedelta(hours=1))
+    held = driver.step()
+    assert (held.action, held.status.canary_weight) == (Action.HOLD, 0)
+    driver.change_spec(paused=False)
+    begin = driver.step()
+    assert (begin.action, begin.status.phase, begin.status.canary_weight) == (
+        Action.BEGIN, RolloutPhase.PROGRESSING, 1)  # fmt: skip
+    assert begin.status.phase_started_at == driver.now
+
+
+def test_abort_still_acts_while_paused_before_the_first_phase():
+    driver = healthy()
+    driver.change_spec(image="registry.example/backtest-engine:1.4.0", paused=True)
+    driver.step()
+    driver.step()
+    decision = driver.step(controls=Controls(abort="stop"))
+    assert (decision.action, decision.status.history[0].outcome) == (Action.ROLLBACK, Outcome.ABORTED)
+
+
+@pytest.mark.parametrize("request_", [Controls(promote="p1"), Controls(promote_full="f1")], ids=["promote", "full"])
+def test_promotion_never_skips_the_unhealthy_pods_check_when_prometheus_is_failing(request_):
+    driver = started()
+    decision = driver.step(error="connection refused", canary_unhealthy_pods=1, controls=request_)
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "unhealthy")
+    assert decision.status.history[0].outcome == Outcome.ROLLED_BACK
+
+
+def test_unhealthy_pods_roll_back_even_without_a_request_when_prometheus_is_failing():
+    decision = started().step(error="connection refused", canary_unhealthy_pods=2)
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "unhealthy")
+
+
+def test_promote_full_committed_with_the_image_acts_once_the_canary_takes_traffic_when_applied_by_gitops():
+    # docs/operations.md: the annotation and the new image arrive in the same commit.
+    driver = healthy()
+    driver.change_spec(image="registry.example/backtest-engine:1.5.0")
+    commit = Controls(promote_full="change-4711")
+    start = driver.step(controls=commit, canary_ready=False)
+    waiting = driver.step(controls=commit, canary_ready=False)
+    begin = driver.step(controls=commit)
+    promoted = driver.step(controls=commit)
+    assert [d.action for d in (start, waiting, begin, promoted)] == [
+        Action.START, Action.HOLD, Action.BEGIN, Action.PROMOTE]  # fmt: skip
+    assert not [e for d in (start, waiting, begin) for e in d.events if e.reason == "RequestIgnored"]
+    assert "full promotion requested" in promoted.reason
+    assert promoted.status.handled_controls.promote_full == "change-4711"
+    driver.advance_clock(timedelta(minutes=1))
+    assert driver.step(controls=commit).action == Action.HOLD  # baking; the same token is not acted on again
+
+
+def test_promote_committed_with_the_image_skips_the_first_phase_once_it_runs_when_applied_by_gitops():
+    driver = healthy()
+    driver.change_spec(image="registry.example/backtest-engine:1.5.0")
+    commit = Controls(promote="skip-canary")
+    driver.step(controls=commit)
+    driver.step(controls=commit)  # canary ready: phase canary begins
+    advanced = driver.step(controls=commit)
+    assert (advanced.action, advanced.status.step_name) == (Action.ADVANCE, "testing")
+    assert driver.step(controls=commit).action == Action.HOLD
+
+
+def test_an_analysis_that_cannot_be_made_is_reported_as_a_check_in_error_when_prometheus_fails():
+    # The chart's BacktestAnalysisFailing alert waits on verdict="error": this is what produces it.
+    decision = started().step(error="Prometheus at http://prometheus:9090 unreachable")
+    errors = [c for c in decision.checks if c.verdict == Verdict.ERROR]
+    assert [c.name for c in errors] == ["analysis"]
+    assert "unreachable" in errors[0].message
+
+
+def test_full_weight_judges_latency_by_slow_requests_because_stable_gets_no_traffic():
+    driver = started()
+    for _ in range(3):
+        pass_phase(driver)
+    assert driver.status.canary_weight == 100
+    slow = track(1200, slow=300, p95=3.0)  # a quarter of the requests over the 2 s objective
+    decision = driver.step(canary=slow, stable=track(0, p95=None), stretches=(stretch(slow, stable_p95=None),))
+    verdicts = {c.name: c for c in decision.checks}
+    assert verdicts["latency_trigger"].verdict == Verdict.SKIPPED
+    assert "stable receives no traffic at weight 100" in verdicts["latency_trigger"].message
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "success_rate")
+
+
+def test_bake_window_judges_the_promoted_revision_by_errors_and_slow_requests_not_by_p95():
+    driver = started()
+    for _ in range(4):
+        pass_phase(driver)
+    assert driver.status.phase == RolloutPhase.BAKING
+    driver.advance_clock(timedelta(minutes=1))
+    slow = track(2400, slow=600, p95=3.0)
+    decision = driver.step(stable=slow, stretches=(stretch(slow, stable_p95=None),))
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "success_rate")
+    assert {c.name for c in decision.checks} == {"unhealthy", "error_rate_trigger", "success_rate"}
+    assert "rolled back after promotion" in decision.reason
+
+
+def test_bake_window_keeps_a_healthy_promoted_revision_when_its_numbers_are_within_the_last_phase():
+    driver = started()
+    for _ in range(4):
+        pass_phase(driver)
+    driver.advance_clock(timedelta(minutes=5))
+    fine = track(12000, errors=30, slow=60)
+    decision = driver.step(stable=fine, stretches=(stretch(fine, stable_p95=None),))
+    assert decision.action == Action.HOLD
+    assert all(c.verdict == Verdict.PASS for c in decision.checks)
