@@ -151,6 +151,9 @@ def _run(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415 - only the run command needs kopf and the handlers
 
     import backtest_operator.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from backtest_operator.sequential import warm_up  # noqa: PLC0415
+
+    warm_up()  # scipy is imported lazily; the first evaluation must not wait for it
 
     namespaces = args.namespace or []
     # kopf.run() leaves logging unconfigured and kopf's object logger only feeds Event posting (turned off

@@ -207,7 +207,8 @@ async def _stretches(
     intervals = int((now - since) / interval)
     stride = grid_stride(intervals)
     step = interval * stride
-    points = intervals // stride
+    # One grid point adds nothing the total does not say: the first look of a phase asks less.
+    points = intervals // stride if intervals >= 2 else 0
     analysis = spec.analysis
     reference = judged != "stable"  # during the bake window there is no other track to compare with
     grid_queries = build_queries(analysis, labels, judged, step)

@@ -40,6 +40,16 @@ ANCHOR_SHARE = 0.9
 """Share of a check's alpha spent on the anchored test; the rest covers faults that start late."""
 
 
+def warm_up() -> None:
+    """Import scipy and run the tests once, so that the operator's first evaluation is not slowed by it.
+
+    The command line imports scipy lazily (the kubectl plugin must start fast); the operator calls this
+    at start, because a rollback decided a second late is a second of errors.
+    """
+    exceeds_limit([10.0, 10.0], [1.0, 1.0], 0.05, 0.01)
+    log_mixture_ratio(1.0, 0.0, 0.5)
+
+
 def prior(limit: ArrayLike) -> tuple[Array, Array]:
     """Beta(a, b) over the rates above ``limit``, mean about four times the limit (capped).
 

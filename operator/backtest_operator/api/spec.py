@@ -139,7 +139,7 @@ class AnalysisSettings(ApiModel):
     """How often the rollout is evaluated."""
     min_requests: int = Field(default=50, ge=1)
     """Fewer canary requests in a phase makes its verdict inconclusive, never a pass."""
-    noise_budget: float = Field(default=0.1, gt=0.0, lt=1.0)
+    noise_budget: float = Field(default=0.1, ge=1e-6, le=0.5)
     """Acceptable probability that a canary sitting exactly at its limits is rolled back by chance, over a
     whole rollout (every phase and the bake window, however many evaluations). Shared out over the
     sequential checks; lower means fewer false rollbacks and slower detection. A healthy canary, well
