@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test unit lint crds clean deps-system cluster-build helm-build cluster-up cluster-down cluster-status \
-	bench-router bench-engine bench-operator engine-docs e2e chart-lint chart-test demo
+	bench-router bench-engine bench-operator bench-decisions engine-docs e2e chart-lint chart-test demo
 
 setup: $(STAMP)
 
@@ -79,6 +79,10 @@ cluster-status: setup
 ## Router overhead vs direct calls at a fixed rate, max throughput, weight flips under load.
 bench-router: setup
 	$(BIN)/python bench/router_overhead.py --compare-servers --json bench/results/router.json
+
+## Decision quality of the default policy under noise, beside Flagger- and Argo-style baselines (same recordings).
+bench-decisions: setup
+	$(BIN)/python bench/decision_quality.py --runs 2000 --markdown bench/results/decision-quality.md
 
 ## Operator memory with 100 BacktestServices against a baseline of none (bench/results/operator.json).
 bench-operator: setup deps-system cluster-build
