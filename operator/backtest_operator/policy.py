@@ -7,8 +7,9 @@ The returned status is complete, so the caller only has to persist it; the workl
 
 Rules that hold for every decision (and are property-tested):
 * the canary weight is 0 or the weight of the current phase; it moves only along ``spec.phases``;
-* a failing rollback trigger wins over everything else, pause and manual promotion included;
-* missing data, too few requests and analysis errors never advance a phase or promote;
+* a failing check (a rollback trigger, or a phase check on clear evidence) rolls back at once and wins
+  over everything else, pause and manual promotion included; pod health is judged even without Prometheus;
+* missing data, too few requests, doubtful numbers and analysis errors never advance a phase or promote;
 * the same inputs always give the same decision.
 """
 

@@ -598,3 +598,15 @@ def test_bake_window_keeps_a_healthy_promoted_revision_when_its_numbers_are_with
     decision = driver.step(stable=fine, stretches=(stretch(fine, stable_p95=None),))
     assert decision.action == Action.HOLD
     assert all(c.verdict == Verdict.PASS for c in decision.checks)
+
+
+def test_a_canary_much_slower_than_stable_by_the_objective_rolls_back_on_slow_counts_when_traffic_is_low():
+    # 2 of 12 and then 3 of 12 requests over the 2 s objective, where stable has 0.5%: counted, not a p95.
+    driver = started()
+    driver.advance_clock(timedelta(minutes=1))
+    stable = track(2376, slow=12)
+    stretches = (stretch(track(12, slow=2)), stretch(track(12, slow=3)), stretch(track(12, slow=2)))
+    canary = track(36, slow=7)
+    decision = driver.step(canary=canary, stable=stable, stretches=stretches, phase_window=timedelta(minutes=1))
+    assert (decision.action, decision.failing_check) == (Action.ROLLBACK, "slow_rate_vs_stable")
+    assert "canary slow share 19.4% (7 of 36)" in decision.reason

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from backtest_operator.api import BacktestServiceSpec
+from backtest_operator.budget import check_budget
 from backtest_operator.sequential import (
     ANCHOR_SHARE,
     anchor_threshold,
@@ -152,3 +154,22 @@ def test_more_bad_events_never_weaken_the_evidence_when_added_to_a_stretch(trial
     b = exceeds_limit([float(n) for n in trials], [float(x) for x in worse], 0.05, 0.01)
     assert b.log_ratio >= a.log_ratio - 1e-9
     assert b.exceeded or not a.exceeded
+
+
+def test_the_worked_example_of_the_rollout_policy_doc_holds_when_recomputed():
+    # docs/rollout-policy.md, "A worked example": default policy, phase canary, error_rate check.
+    spec = BacktestServiceSpec.model_validate({"image": "registry.example/backtest-engine:2.0.0"})
+    alpha = check_budget(spec, "error_rate", spec.phases[0])
+    assert alpha == pytest.approx(0.005)
+    assert math.exp(anchor_threshold(alpha)) == pytest.approx(222.2, abs=0.1)
+    trials, errors = [12, 13, 11, 12], [1, 2, 2, 3]
+    ratios, verdicts = [], []
+    for look in range(1, 5):
+        evidence = exceeds_limit(trials[:look], errors[:look], 0.02, alpha)
+        ratios.append(math.exp(evidence.log_ratio))
+        verdicts.append(evidence.exceeded)
+    assert [round(r, 1) for r in ratios[:3]] == [1.6, 11.3, 123.0]
+    assert round(ratios[3]) == 10362
+    assert verdicts == [False, False, False, True]
+    healthy = exceeds_limit([12, 13], [0, 1], 0.02, alpha)
+    assert math.exp(healthy.log_ratio) == pytest.approx(0.76, abs=0.01)
