@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test unit lint crds clean deps-system cluster-build helm-build cluster-up cluster-down cluster-status \
-	bench-router bench-engine bench-operator bench-decisions engine-docs e2e chart-lint chart-test demo
+	bench-router bench-engine bench-operator bench-decisions engine-docs e2e e2e-repeat chart-lint chart-test demo
 
 setup: $(STAMP)
 
@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## The whole suite: unit, property, integration and end-to-end tests.
+## The whole suite, tier by tier (unit, integration, end to end); prints the 30 slowest tests. A failing
+## end-to-end test leaves its status, events, logs and router state in test-artifacts/ (docs/testing.md).
 test: setup deps-system cluster-build
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 ## Fast tests only: no control plane, no Prometheus, no PostgreSQL.
 unit: setup
@@ -95,6 +96,12 @@ demo: setup deps-system cluster-build
 ## End-to-end rollouts only (brings up the control plane, Prometheus, engines, router and the operator).
 e2e: setup deps-system cluster-build
 	$(BIN)/python -m pytest -m e2e tests/e2e
+
+## Hunt flakes: the end-to-end tier N times in a row (BURN=2 adds two CPU burners), tallied per test.
+N ?= 5
+BURN ?= 0
+e2e-repeat: setup deps-system cluster-build
+	$(BIN)/python -m backtest_devtools.flakes --runs $(N) --burn $(BURN) -- -m e2e tests/e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

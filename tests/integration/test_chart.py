@@ -542,7 +542,9 @@ def test_dry_run_is_rejected_by_the_api_server_when_a_rendered_object_is_invalid
         dry_run_apply(api, deployment, namespace)
 
     assert error.value.status == 422
-    assert "containerPort" in error.value.body.decode() if isinstance(error.value.body, bytes) else error.value.body
+    body = error.value.body
+    text = body.decode() if isinstance(body, bytes) else str(body)
+    assert "containerPort" in text, text
 
 
 # the operator under the chart's identity ------------------------------------------------------------

@@ -16,7 +16,8 @@ from backtest_devtools.stack import free_port
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "upstream.py"
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_seconds: float = 15.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_seconds: float = 60.0) -> None:
+    """Wait for a started process to answer; generous, since Python start-up on a busy machine takes seconds."""
     deadline = time.monotonic() + deadline_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -270,6 +270,7 @@ class RouterApp:
             "weight": self.weight.value,
             "weight_source": self.weight.source,
             "weight_updated_at": self.weight.updated_at,
+            "weight_rejections": self.weight.rejections,
             "upstreams": {
                 Track.STABLE.value: {"url": self.stable.url, "timeout_seconds": self.stable.timeout_seconds},
                 Track.CANARY.value: {"url": self.canary.url, "timeout_seconds": self.canary.timeout_seconds},

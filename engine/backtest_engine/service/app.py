@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
@@ -402,7 +403,10 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     # add_middleware puts the last added outermost: instrumentation, body limit, faults, then the app.
     app.add_middleware(
-        FaultInjection, error_rate=settings.fault_error_rate, latency_seconds=settings.fault_latency_seconds
+        FaultInjection,
+        error_rate=settings.fault_error_rate,
+        latency_seconds=settings.fault_latency_seconds,
+        rng=random.Random(settings.fault_seed),
     )
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(Instrumentation, metrics=metrics, routes=lambda: app.routes)

@@ -40,6 +40,9 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     fault_error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="share of requests failed with 500")
     fault_latency_seconds: float = Field(default=0.0, ge=0.0, le=60.0, description="latency added per request")
+    fault_seed: int | None = Field(
+        default=None, description="seed of the fault RNG, so a rehearsal fails the same requests every run"
+    )
     rate_limit: int = Field(default=600, ge=1, description="requests per minute per API key")
     max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="largest dataset upload")
     max_jobs: int = Field(default=2, ge=1, le=64, description="optimization jobs running at once")
