@@ -8,14 +8,15 @@ keeps measuring. The families:
 
 * rollback triggers (``trigger_checks``), in any phase, against ``spec.rollback``: error rate, fallback
   rate, latency increase over stable, and unhealthy canary pods (from Kubernetes);
-* phase checks (``phase_checks``), against the phase's thresholds and against stable: enough requests,
-  success rate, error rate, error rate and latency compared with stable. They fail early on evidence, and
-  pass only when the phase's duration has passed (the policy's part);
+* phase checks (``phase_checks``), against the phase's thresholds and against stable (``comparisons``):
+  enough requests, success rate, error rate; error rate, slow share and latency compared with stable.
+  They fail early on evidence, and pass only when the phase's duration has passed (the policy's part);
 * bake checks (``bake_checks``) guard the promoted revision during the bake window.
 
 Latency is judged by counts, never by a p95 of a dozen requests: "the canary's p95 is more than X above
 stable's" means "more than 5% of canary requests are slower than stable's p95 + X" (``histograms``).
-The false-rollback budget ``analysis.noiseBudget`` is shared out by ``check_budget``. Counting rules follow
+The false-rollback budget ``analysis.noiseBudget`` is shared out by ``budget.check_budget``; one check is
+built by ``rate_checks.rate_check`` (the reusable part for new checks). Counting rules follow
 docs/metrics-contract.md; the statistics are explained in docs/rollout-policy.md.
 """
 
