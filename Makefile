@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test unit lint crds clean checkov deps-system cluster-build helm-build cluster-up cluster-down cluster-status \
-	bench-router bench-shadow bench-engine bench-operator bench-service engine-docs e2e e2e-repeat chart-lint chart-test demo
+	bench-router bench-shadow bench-engine bench-operator bench-service bench-decisions engine-docs e2e e2e-repeat \
+	chart-lint chart-test demo
 
 setup: $(STAMP)
 
@@ -93,6 +94,10 @@ bench-router: setup
 ## Shadow comparisons per CPU second of full engine results vs plain deep equality (one core).
 bench-shadow: setup
 	$(BIN)/python bench/shadow_comparison.py --json bench/results/shadow-comparison.json
+
+## Decision quality of the default policy under noise, beside Flagger- and Argo-style baselines (same recordings).
+bench-decisions: setup
+	$(BIN)/python bench/decision_quality.py --runs 2000 --markdown bench/results/decision-quality.md
 
 ## Operator memory with 100 BacktestServices against a baseline of none (bench/results/operator.json).
 bench-operator: setup deps-system cluster-build

@@ -58,7 +58,6 @@ def demo_spec(prometheus_url: str, image: str, error_rate: float = 0.0) -> dict[
             "interval": "4s",
             "minRequests": 20,
             "latencyObjective": "2s",
-            "comparison": {"minLatencySamples": 3},
         },
         "phases": [
             {"name": "canary", "weight": 10, "duration": "12s", "minSuccessRate": 0.95, "maxErrorRate": 0.02},

@@ -7,23 +7,26 @@ The returned status is complete, so the caller only has to persist it; the workl
 
 Rules that hold for every decision (and are property-tested):
 * the canary weight is 0 or the weight of the current phase; it moves only along ``spec.phases``;
-* a failing rollback trigger wins over everything else, pause and manual promotion included;
-* missing data, too few requests and analysis errors never advance a phase or promote;
+* a failing check (a rollback trigger, or a phase check on clear evidence) rolls back at once and wins
+  over everything else, pause and manual promotion included; pod health is judged even without Prometheus;
+* missing data, too few requests, doubtful numbers and analysis errors never advance a phase or promote;
 * the same inputs always give the same decision.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
 from backtest_operator.analysis import (
     Observation,
+    analysis_error_check,
     bake_checks,
     first_failure,
     overall,
     phase_checks,
+    pod_checks,
     trigger_checks,
 )
 from backtest_operator.api import (
@@ -32,6 +35,7 @@ from backtest_operator.api import (
     BacktestServiceSpec,
     BacktestServiceStatus,
     CheckResult,
+    HandledControls,
     HistoryEntry,
     Outcome,
     Phase,
@@ -79,6 +83,8 @@ class Decision:
     events: tuple[Event, ...] = ()
     failing_check: str | None = None
     checks: tuple[CheckResult, ...] = field(default=())
+    deferred: frozenset[str] = frozenset()
+    """Requests this decision could not act on yet but a later one will: they stay pending."""
 
 
 @dataclass(frozen=True)
@@ -102,13 +108,17 @@ def decide(
 ) -> Decision:
     """The next state of a BacktestService and why."""
     ctx = _Context(spec, obs, now, generation, spec.revision(), controls.pending(status.handled_controls))
+    previous = status.handled_controls
     status = status.evolve(handled_controls=controls.as_handled(), observed_generation=generation)
     decision = _route(ctx, status)
+    deferred = ctx.pending & decision.deferred
     ignored = [
         Event("Normal", "RequestIgnored", f"{name.replace('_', '-')} request not acted on: {decision.reason}")
-        for name in sorted(ctx.pending - _CONSUMED.get(decision.action, frozenset()))
+        for name in sorted(ctx.pending - _CONSUMED.get(decision.action, frozenset()) - deferred)
     ]
-    final = decision.status.evolve(message=decision.reason)
+    final = decision.status.evolve(
+        message=decision.reason, handled_controls=_keep_pending(decision.status.handled_controls, previous, deferred)
+    )
     final = final.evolve(conditions=derive_conditions(final, obs.stable_ready, generation, now))
     return Decision(
         decision.action,
@@ -118,6 +128,11 @@ def decide(
         decision.failing_check,
         decision.checks,
     )
+
+
+def _keep_pending(handled: HandledControls, previous: HandledControls, deferred: frozenset[str]) -> HandledControls:
+    """Deferred requests keep their old handled token, so the next evaluation still sees them pending."""
+    return handled.model_copy(update={name: getattr(previous, name) for name in deferred})
 
 
 _CONSUMED = {
@@ -187,7 +202,13 @@ def _start(ctx: _Context, status: BacktestServiceStatus, why: str) -> Decision:
         last_analysis=None,
     )
     reason = f"rollout started: {why}; waiting for canary pods before sending {first.weight}% of traffic"
-    return Decision(Action.START, status, reason, (Event("Normal", "RolloutStarted", reason),))
+    event = Event("Normal", "RolloutStarted", reason)
+    return Decision(Action.START, status, reason, (event,), deferred=_WAIT_FOR_TRAFFIC | {"abort"})
+
+
+_WAIT_FOR_TRAFFIC = frozenset({"promote", "promote_full"})
+"""Promotions requested before the canary takes traffic (e.g. committed together with the new image, as
+in the GitOps example of docs/operations.md) are acted on once its first phase runs."""
 
 
 def _finish_rollout(
@@ -296,9 +317,10 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
             reason = f"rolled back in phase {status.step_name}: analysis failed {failures} times in a row ({obs.error})"
             return _rollback(ctx, status.evolve(analysis_errors=failures), reason, "analysis")
         status = status.evolve(analysis_errors=failures)
-        if not ctx.pending & _ACT_WITHOUT_DATA:
+        pods = pod_checks(spec, obs.canary_unhealthy_pods) if status.phase_started_at else []
+        if first_failure(pods) is None and not ctx.pending & _ACT_WITHOUT_DATA:
             reason = f"analysis failed ({failures}/{limit}), holding phase {status.step_name}: {obs.error}"
-            return _hold(status, reason)
+            return _hold(status, reason, [analysis_error_check(obs), *pods])
     else:
         status = status.evolve(analysis_errors=0)
     if status.phase_started_at is None:
@@ -307,7 +329,8 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     if index is None:
         return _start(ctx, status, f"phases were edited and phase {status.step_name} no longer exists")
     phase = spec.phases[index]
-    triggers = trigger_checks(spec, phase, obs) if obs.error is None else []
+    # Pod health comes from Kubernetes: it is judged even when Prometheus fails (and before any request).
+    triggers = trigger_checks(spec, phase, obs) if obs.error is None else pod_checks(spec, obs.canary_unhealthy_pods)
     tripped = first_failure(triggers)
     if tripped is not None:
         reason = f"rolled back in phase {phase.name}: {tripped.message}"
@@ -318,7 +341,17 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         return _rollback(ctx, status.evolve(last_analysis=record), reason, tripped.name, checks=triggers)
     if "abort" in ctx.pending:
         return _rollback(ctx, status, f"aborted by request in phase {phase.name}", "abort", Outcome.ABORTED)
-    checks = phase_checks(spec, phase, obs)
+    checks = phase_checks(spec, phase, obs) if obs.error is None else [analysis_error_check(obs)]
+    failed = first_failure(checks)
+    if failed is not None:
+        # Sequential evidence that the phase cannot pass: no reason to wait for its end (paused or not).
+        record = AnalysisRecord(
+            time=now, phase=phase.name, verdict=Verdict.FAIL, window_seconds=obs.phase_window.total_seconds(),
+            canary=obs.canary_phase, stable=obs.stable_phase, checks=[*triggers, *checks],
+        )  # fmt: skip
+        reason = f"rolled back in phase {phase.name}: {failed.message}"
+        status = status.evolve(last_analysis=record)
+        return _rollback(ctx, status, reason, failed.name, checks=[*triggers, *checks])
     record = AnalysisRecord(
         time=now,
         phase=phase.name,
@@ -329,20 +362,37 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         checks=[*triggers, *checks],
     )
     status = status.evolve(step=index, canary_weight=phase.weight, last_analysis=record)
-    return _judge(ctx, status, index, phase, checks)
+    # Every check is reported (metrics, simulator); only the phase checks decide whether the phase passes.
+    return replace(_judge(ctx, status, index, phase, checks), checks=(*triggers, *checks))
 
 
 def _waiting_for_canary(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     if "abort" in ctx.pending:
         return _rollback(ctx, status, "aborted by request before the canary took traffic", "abort", Outcome.ABORTED)
+    if ctx.spec.paused:
+        return _paused_before_traffic(ctx, status)
+    if status.phase == RolloutPhase.PAUSED:
+        status = status.evolve(phase=RolloutPhase.PROGRESSING, paused_at=None)
     if ctx.obs.canary_ready:
-        return _enter_step(ctx, status, 0, Action.BEGIN, f"canary revision {status.canary_revision} is ready")
+        begin = _enter_step(ctx, status, 0, Action.BEGIN, f"canary revision {status.canary_revision} is ready")
+        return replace(begin, deferred=_WAIT_FOR_TRAFFIC)
     started = status.rollout_started_at or ctx.now
     deadline = ctx.spec.rollback.progress_deadline
     if ctx.now - started >= deadline:
         reason = f"rolled back: canary pods not ready {brief_duration(deadline)} after the rollout started"
         return _rollback(ctx, status, reason, "progress_deadline")
-    return _hold(status, f"waiting for canary pods of revision {status.canary_revision} to become ready")
+    reason = f"waiting for canary pods of revision {status.canary_revision} to become ready"
+    return replace(_hold(status, reason), deferred=_WAIT_FOR_TRAFFIC)
+
+
+def _paused_before_traffic(ctx: _Context, status: BacktestServiceStatus) -> Decision:
+    """``spec.paused`` on a new revision: the canary is deployed but gets no traffic until resumed."""
+    reason = f"paused before the first phase: revision {status.canary_revision} gets no traffic until resumed"
+    if status.phase == RolloutPhase.PAUSED:
+        return replace(_hold(status, reason), deferred=_WAIT_FOR_TRAFFIC)
+    status = status.evolve(phase=RolloutPhase.PAUSED, paused_at=ctx.now, canary_weight=0)
+    event = Event("Normal", "Paused", reason)
+    return Decision(Action.PAUSE, status, reason, (event,), deferred=_WAIT_FOR_TRAFFIC)
 
 
 def _judge(
@@ -408,7 +458,8 @@ def _degraded(ctx: _Context, status: BacktestServiceStatus) -> Decision:
 
 def _baking(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     """After promotion: the previous revision stays ready so that a late failure rolls back at once."""
-    checks = bake_checks(ctx.spec, ctx.obs) if ctx.obs.error is None else []
+    pods = pod_checks(ctx.spec, ctx.obs.stable_unhealthy_pods, "promoted")
+    checks = bake_checks(ctx.spec, ctx.obs) if ctx.obs.error is None else pods
     tripped = first_failure(checks)
     if tripped is not None or "abort" in ctx.pending:
         why = f"rolled back after promotion: {tripped.message}" if tripped else "aborted by request during bake"
@@ -452,6 +503,7 @@ def _baking(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         return _hold(
             status.evolve(analysis_errors=status.analysis_errors + 1),
             f"baking revision {status.stable_revision}; analysis failed: {ctx.obs.error}",
+            [analysis_error_check(ctx.obs), *pods],
         )
     status = status.evolve(analysis_errors=0)
     if status.bake_until is not None and ctx.now >= status.bake_until:

@@ -102,7 +102,10 @@ class Reconciler:
                 decision.action.value, decision.status.phase.value, decision.status.step_name,
                 decision.status.canary_weight, decision.reason,
             )  # fmt: skip
-        return Pass(decision, wrote, applied, next_pass(spec, decision.status))
+        # Evaluations start one interval apart (not one interval after the previous pass ended), so that a
+        # slow pass does not stretch the analysis interval the detection times are promised in.
+        elapsed = timedelta(seconds=time.perf_counter() - started)
+        return Pass(decision, wrote, applied, max(timedelta(0), next_pass(spec, decision.status) - elapsed))
 
     async def _observe(
         self, owner: Owner, spec: BacktestServiceSpec, status: BacktestServiceStatus,

@@ -54,7 +54,6 @@ def fast_spec(prometheus_url: str, image: str = "backtest-engine:1.0.0", **overr
             "interval": "4s",
             "minRequests": 20,
             "latencyObjective": "0.5s",
-            "comparison": {"minLatencySamples": 3},
         },
         "phases": [
             {"name": "canary", "weight": 10, "duration": "8s"},
@@ -111,8 +110,14 @@ class Timing:
 
 EVIDENCE = {
     "errors": {"error_rate_trigger", "error_rate", "error_rate_vs_stable", "success_rate"},
-    "slowness": {"latency_trigger", "latency_vs_stable", "success_rate"},
-    "fallbacks": {"fallback_rate_trigger", "latency_trigger", "latency_vs_stable", "success_rate"},
+    "slowness": {"latency_trigger", "latency_vs_stable", "slow_rate_vs_stable", "success_rate"},
+    "fallbacks": {
+        "fallback_rate_trigger",
+        "latency_trigger",
+        "latency_vs_stable",
+        "slow_rate_vs_stable",
+        "success_rate",
+    },
 }
 """Checks that count as evidence of a fault class. A test asserts the class it provoked, never one check:
 which of several failing checks is reported follows the documented precedence (docs/rollout-policy.md),

@@ -85,10 +85,18 @@ def test_healthy_release_walks_every_phase_and_is_promoted(rollout_lab):
     assert phases[f'{{name="{NAME}",namespace="{rollout_lab.namespace}",phase="Healthy"}}'] == 1.0
 
 
-def _rolled_back_by(rollout_lab: Lab, faults: dict[str, str], evidence: str, **spec) -> float:
+ERROR_TEST_RATE = 200.0
+"""Requests per second in the error-rate test: at 10% weight the first evaluation after the canary takes
+traffic sees about 60 canary requests, enough evidence that 15% errors are above the phase's 2% limit
+(docs/rollout-policy.md, "How fast a fault is found"); 60 req/s would need three evaluations."""
+
+
+def _rolled_back_by(
+    rollout_lab: Lab, faults: dict[str, str], evidence: str, traffic_rate: float = 60.0, **spec
+) -> float:
     """Start a faulty release; return the seconds from the canary's first phase starting to the rollback,
     both as the operator recorded them."""
-    traffic = start_release(rollout_lab, canary_faults=faults, **spec)
+    traffic = start_release(rollout_lab, traffic_rate, canary_faults=faults, **spec)
     first = canary_taking_traffic(rollout_lab)
     status = rollout_lab.wait(
         lambda s: s.get("phase") == "Degraded", rollout_lab.timing.rollout(), "the automatic rollback"
@@ -105,7 +113,7 @@ def _rolled_back_by(rollout_lab: Lab, faults: dict[str, str], evidence: str, **s
 
 
 def test_release_with_errors_is_rolled_back_within_an_interval_when_canary_fails_15_percent(rollout_lab):
-    detection = _rolled_back_by(rollout_lab, {"ENGINE_FAULT_ERROR_RATE": "0.15"}, "errors")
+    detection = _rolled_back_by(rollout_lab, {"ENGINE_FAULT_ERROR_RATE": "0.15"}, "errors", ERROR_TEST_RATE)
     assert detection <= rollout_lab.timing.detection_bound, f"{detection:.1f}s"
 
 

@@ -23,15 +23,19 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes import dynamic
+from prometheus_client import generate_latest
 
 from backtest_devtools import chart, processes
 from backtest_devtools.crds import install_crd_documents
 from backtest_devtools.kubeconfig import service_account_kubeconfig
 from backtest_devtools.stack import free_port
+from backtest_operator import metrics
+from backtest_operator.analysis import Observation
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
 from backtest_operator.cli import build_parser
 from backtest_operator.traffic import router_provider
 from backtest_operator.workloads import Owner, WorkloadDefaults
+from tests.unit.operator.rollouts import started
 
 pytestmark = pytest.mark.cluster
 
@@ -290,8 +294,18 @@ def expand(text: str, labels: dict[str, str], value: str = "") -> str:
     return text
 
 
+def operator_exposition_after_a_failed_analysis() -> str:
+    """What the operator's /metrics shows after one evaluation Prometheus could not answer: the policy's
+    decision recorded by the operator's own metrics code (the process-wide registry it serves)."""
+    driver = started()
+    decision = driver.step(Observation(time=driver.now, error="Prometheus at http://prometheus:9090 unreachable"))
+    metrics.record_checks("prod", "quant", decision.checks)
+    return generate_latest(metrics.REGISTRY).decode()
+
+
 def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(monitoring_objects, alert_rules, tmp_path):
-    """promtool's rule unit tests: synthetic series in, the alerts with their labels and texts out."""
+    """promtool's rule unit tests: synthetic series in, every alert with its labels and texts out. The
+    analysis-failure series is the one the operator itself exports after an evaluation that failed."""
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump({"groups": one(monitoring_objects, "PrometheusRule")["spec"]["groups"]}))
     annotations = {rule["alert"]: rule["annotations"] for rule in alert_rules}
@@ -303,6 +317,12 @@ def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(moni
     canary = 'backtest_router_requests_total{namespace="prod",service="quant",track="canary"'
     duration = 'backtest_router_request_duration_seconds_bucket{namespace="prod",service="quant",'
     canary_latency, stable_latency = duration + 'track="canary"', duration + 'track="stable"'
+    exported = [
+        line.split(" ")[0] for line in operator_exposition_after_a_failed_analysis().splitlines()
+        if line.startswith("backtest_operator_analysis_verdicts_total{") and 'verdict="error"' in line
+    ]  # fmt: skip
+    assert exported == ['backtest_operator_analysis_verdicts_total{check="analysis",verdict="error"}']
+    analysis_errors = exported[0].replace("{", '{namespace="backtest-system",', 1)
     object_labels = {"namespace": "prod", "name": "quant"}
     router_labels = {"namespace": "prod", "service": "quant"}
     operator_labels = {"namespace": "backtest-system"}
@@ -320,10 +340,14 @@ def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(moni
                     {"series": canary + ',code="200"}', "values": "0+60x20"},
                     {"series": canary + ',code="500"}', "values": "0+30x20"},
                     {"series": 'up{job="backtest-operator-metrics",namespace="backtest-system"}', "values": "0x20"},
+                    {"series": analysis_errors, "values": "0+1x20"},
                     {
-                        "series": 'backtest_operator_analysis_verdicts_total{namespace="backtest-system",'
-                        'check="error_rate",verdict="error"}',
-                        "values": "0+1x20",
+                        "series": 'backtest_operator_rollout_phase{namespace="prod",name="fresh",phase="Initializing"}',
+                        "values": "1x30",
+                    },
+                    {
+                        "series": 'backtest_operator_reconcile_errors_total{namespace="backtest-system",kind="api"}',
+                        "values": "0+1x40",
                     },
                 ],
                 "alert_rule_test": [
@@ -354,8 +378,29 @@ def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(moni
                         "exp_alerts": [
                             expected(
                                 "BacktestAnalysisFailing",
-                                {"severity": "warning", "check": "error_rate", **operator_labels},
+                                {"severity": "warning", "check": "analysis", **operator_labels},
                                 "5",
+                            )
+                        ],
+                    },
+                    {"eval_time": "10m", "alertname": "BacktestServiceInitializingTooLong", "exp_alerts": []},
+                    {
+                        "eval_time": "20m",
+                        "alertname": "BacktestServiceInitializingTooLong",
+                        "exp_alerts": [
+                            expected(
+                                "BacktestServiceInitializingTooLong",
+                                {"severity": "warning", "namespace": "prod", "name": "fresh"},
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "30m",
+                        "alertname": "BacktestOperatorReconcileErrors",
+                        "exp_alerts": [
+                            expected(
+                                "BacktestOperatorReconcileErrors",
+                                {"severity": "warning", "kind": "api", **operator_labels},
                             )
                         ],
                     },
@@ -402,6 +447,8 @@ def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(moni
             },
         ],
     }
+    fired = {case["alertname"] for test in tests["tests"] for case in test["alert_rule_test"] if case["exp_alerts"]}
+    assert fired == ALERTS, f"alerts no promtool case makes fire: {sorted(ALERTS - fired)}"
     tests_file = tmp_path / "tests.yaml"
     tests_file.write_text(yaml.safe_dump(tests))
 

@@ -157,15 +157,15 @@ class ComparisonSettings(ApiModel):
     """Statistical comparison of canary against stable, on top of the absolute thresholds."""
 
     enabled: bool = True
-    """Fail a phase when the canary is significantly worse than stable."""
-    alpha: Rate = 0.05
-    """Significance level of the one-sided tests (binomial-exact for errors, Mann-Whitney U for latency)."""
+    """Fail a phase when the evidence shows the canary is worse than stable (sequential tests sharing
+    analysis.noiseBudget)."""
     error_rate_margin: Rate = 0.005
-    """Canary error rate may exceed stable's by this much before the difference matters."""
+    """Canary error rate may exceed stable's (its upper 97.5% bound) by this much before it counts as worse."""
+    slow_rate_margin: Rate = 0.005
+    """Canary share of requests over the latency objective may exceed stable's (its upper 97.5% bound) by
+    this much before it counts as worse."""
     latency_margin: Duration = timedelta(milliseconds=100)
-    """Canary p95 latency may exceed stable's by this much before the difference matters."""
-    min_latency_samples: int = Field(default=5, ge=3)
-    """Fewest p95 samples per track for the latency test; fewer makes it inconclusive."""
+    """Canary p95 latency may exceed stable's by this much before it counts as worse."""
 
 
 class QueryOverrides(ApiModel):
@@ -178,6 +178,8 @@ class QueryOverrides(ApiModel):
     """Requests answered within the latency objective ({objective} is filled in)."""
     latency_p95: str | None = None
     """p95 latency in seconds of one track ({track} is filled in)."""
+    latency_buckets: str | None = None
+    """Increase of each latency histogram bucket of one track over {window}, one series per le label."""
 
 
 class AnalysisSettings(ApiModel):
@@ -187,6 +189,11 @@ class AnalysisSettings(ApiModel):
     """How often the rollout is evaluated."""
     min_requests: int = Field(default=50, ge=1)
     """Fewer canary requests in a phase makes its verdict inconclusive, never a pass."""
+    noise_budget: float = Field(default=0.1, ge=1e-6, le=0.5)
+    """Acceptable probability that a canary sitting exactly at its limits is rolled back by chance, over a
+    whole rollout (every phase and the bake window, however many evaluations). Shared out over the
+    sequential checks; lower means fewer false rollbacks and slower detection. A healthy canary, well
+    inside its limits, is rolled back far less often (bench/results/decision-quality.md)."""
     latency_objective: Duration = timedelta(seconds=2)
     """A canary request slower than this is not a success."""
     comparison: ComparisonSettings = Field(default_factory=ComparisonSettings)
@@ -224,17 +231,19 @@ class RollbackSettings(ApiModel):
     """Triggers that roll back at once, in any phase."""
 
     max_error_rate: Rate = 0.10
-    """Canary error rate over the last interval above which the rollout rolls back at once."""
+    """Canary error rate above which the rollout rolls back at once, as soon as the evidence is clear."""
     max_fallback_rate: Rate = 0.25
     """Share of canary requests re-served by stable above which the rollout rolls back at once."""
     max_latency_increase: Duration = timedelta(seconds=2)
-    """Canary p95 minus stable p95 above which the rollout rolls back at once."""
+    """Canary p95 minus stable p95 above which the rollout rolls back at once (judged by counting the
+    canary requests slower than stable's p95 plus this)."""
     on_unhealthy: bool = True
     """Roll back when canary pods are not ready or restarting."""
     max_analysis_errors: int = Field(default=3, ge=1)
     """Consecutive failed evaluations (Prometheus unreachable, bad query) before rolling back."""
     min_requests: int = Field(default=10, ge=1)
-    """Fewest canary requests in an interval for the error and fallback triggers to act."""
+    """Fewest canary requests in a phase before any check may roll back (the sequential tests need no
+    minimum; this is a floor against acting on a handful of requests)."""
     progress_deadline: Duration = timedelta(minutes=10)
     """Roll back when the canary pods are not ready this long after the rollout starts."""
     bake_window: Duration = timedelta(minutes=10)
