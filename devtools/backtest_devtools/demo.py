@@ -69,10 +69,20 @@ def demo_spec(prometheus_url: str, image: str, error_rate: float = 0.0) -> dict[
     }
 
 
+CLUSTER_WIRING = ("DATABASE_URL", "DATABASE_PASSWORD", "ENGINE_PROXY_TOKEN", "ENGINE_API_KEYS", "ENGINE_ADMIN_KEYS")
+"""Settings that point a pod at in-cluster objects (the managed database, the generated key Secret); the
+local processes keep the stack's own (a SQLite file, the demo's key) instead."""
+
+
 def canary_env(spec: dict[str, Any]) -> dict[str, str]:
-    """The engine environment the operator's pod builder gives this spec's revision (faults included)."""
+    """The engine environment the operator's pod builder gives this spec's revision (faults included),
+    without the cluster wiring a local process cannot use."""
     parsed = BacktestServiceSpec.model_validate(spec)
-    return {item["name"]: item["value"] for item in engine_env(parsed.pod(), parsed.revision()) if "value" in item}
+    return {
+        item["name"]: item["value"]
+        for item in engine_env(parsed.pod(), parsed.revision())
+        if "value" in item and not item["name"].startswith(CLUSTER_WIRING)
+    }
 
 
 def ended(revision: str) -> Callable[[dict[str, Any]], bool]:
