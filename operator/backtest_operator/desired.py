@@ -10,5 +10,7 @@ from backtest_operator.workloads import Manifest, Owner, WorkloadDefaults, engin
 def desired_manifests(
     owner: Owner, spec: BacktestServiceSpec, status: BacktestServiceStatus, defaults: WorkloadDefaults
 ) -> list[Manifest]:
-    """Everything to apply, in an order where nothing refers to an object that does not exist yet."""
-    return [*engine_workloads(owner, spec, status), *traffic_manifests(owner, spec, status, defaults)]
+    """Everything to apply: the traffic objects first, so a weight that drops (rollback, promotion) leaves a
+    track before its Service selector or its pods change; a weight that rises was already given capacity in
+    earlier passes (capacity before traffic)."""
+    return [*traffic_manifests(owner, spec, status, defaults), *engine_workloads(owner, spec, status)]

@@ -22,6 +22,7 @@ from backtest_operator.errors import AnalysisError
 from backtest_operator.queries import QuerySet, build_queries, promql_range
 
 TRACKS = ("canary", "stable")
+NO_REVISION = "none"
 
 
 class PrometheusClient:
@@ -60,6 +61,12 @@ class PrometheusClient:
         values = [float(item["value"][1]) for item in result]
         finite = [v for v in values if math.isfinite(v)]
         return sum(finite) if finite else None
+
+    async def vector(self, query: str, at: datetime) -> list[float]:
+        """The finite values of an instant vector, one per series (e.g. the weight of each router pod)."""
+        result = await self._get("/api/v1/query", {"query": query, "time": f"{at.timestamp():.3f}"})
+        values = [float(item["value"][1]) for item in result]
+        return [v for v in values if math.isfinite(v)]
 
     async def series(self, query: str, start: datetime, end: datetime, step: timedelta) -> list[float]:
         """The finite values of a range query, in time order (one series expected)."""
@@ -102,6 +109,13 @@ async def _none() -> None:
     return None
 
 
+def _revisions(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> dict[str, str | None]:
+    """Without the router, a track's numbers are those of the revision it runs (the engine's own series)."""
+    if spec.traffic.provider == "router":
+        return {track: None for track in TRACKS}
+    return {"canary": status.canary_revision or NO_REVISION, "stable": status.stable_revision or NO_REVISION}
+
+
 async def measure(
     client: PrometheusClient,
     spec: BacktestServiceSpec,
@@ -113,8 +127,9 @@ async def measure(
     interval = spec.analysis.interval
     since = status.phase_started_at
     phase_window = (now - since) if since is not None and now > since else interval
-    recent = {track: build_queries(spec.analysis, labels, track, interval) for track in TRACKS}
-    phase = {track: build_queries(spec.analysis, labels, track, phase_window) for track in TRACKS}
+    revisions = _revisions(spec, status)
+    recent = {t: build_queries(spec.analysis, labels, t, interval, revision=revisions[t]) for t in TRACKS}
+    phase = {t: build_queries(spec.analysis, labels, t, phase_window, revision=revisions[t]) for t in TRACKS}
     # At a phase's first evaluation both windows render to the same PromQL range: ask once, use it twice.
     same_window = promql_range(phase_window) == promql_range(interval)
     try:

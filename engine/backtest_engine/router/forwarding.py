@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from backtest_engine.limits import DEFAULT_MAX_UPLOAD_BYTES
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -28,7 +30,8 @@ HOP_BY_HOP = frozenset(
 _RECOMPUTED = frozenset({b"host", b"content-length"})
 TRACK_HEADER = b"x-backtest-track"
 FALLBACK_HEADER = b"x-backtest-fallback"
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_UPLOAD_BYTES
+"""At least what the engine accepts as an upload, or the router would refuse uploads the engine takes."""
 
 Headers = list[tuple[bytes, bytes]]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backtest_engine import __version__
+from backtest_engine.limits import DEFAULT_MAX_UPLOAD_BYTES
 from backtest_engine.service.auth import configured_digest
 
 DEFAULT_DATABASE_URL = "sqlite:///./backtest-results.db"
@@ -41,7 +42,7 @@ class ServiceSettings(BaseSettings):
     fault_error_rate: float = Field(default=0.0, ge=0.0, le=1.0, description="share of requests failed with 500")
     fault_latency_seconds: float = Field(default=0.0, ge=0.0, le=60.0, description="latency added per request")
     rate_limit: int = Field(default=600, ge=1, description="requests per minute per API key")
-    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="largest dataset upload")
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1024, description="largest dataset upload")
     max_jobs: int = Field(default=2, ge=1, le=64, description="optimization jobs running at once")
 
     @field_validator("api_keys")
