@@ -146,10 +146,10 @@ def trigger_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) ->
         checks.append(
             CheckResult(
                 name="unhealthy",
-                verdict=Verdict.FAIL if unhealthy > 0 else Verdict.PASS,
+                verdict=Verdict.FAIL if unhealthy > rules.max_unhealthy_pods else Verdict.PASS,
                 value=float(unhealthy),
-                threshold=0.0,
-                message=f"{unhealthy} canary pods not ready or restarting",
+                threshold=float(rules.max_unhealthy_pods),
+                message=f"{unhealthy} canary pods unhealthy (crash loop, or not ready past the grace period)",
             )
         )
     canary, stable, window = obs.canary_recent, obs.stable_recent, obs.recent_window
@@ -374,10 +374,10 @@ def bake_checks(spec: BacktestServiceSpec, obs: Observation) -> list[CheckResult
         checks.append(
             CheckResult(
                 name="unhealthy",
-                verdict=Verdict.FAIL if obs.stable_unhealthy_pods > 0 else Verdict.PASS,
+                verdict=Verdict.FAIL if obs.stable_unhealthy_pods > rules.max_unhealthy_pods else Verdict.PASS,
                 value=float(obs.stable_unhealthy_pods),
-                threshold=0.0,
-                message=f"{obs.stable_unhealthy_pods} promoted pods not ready or restarting",
+                threshold=float(rules.max_unhealthy_pods),
+                message=f"{obs.stable_unhealthy_pods} promoted pods unhealthy (crash loop, or long not ready)",
             )
         )
     if track.requests < rules.min_requests:

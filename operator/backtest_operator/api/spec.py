@@ -195,7 +195,8 @@ class RollbackSettings(ApiModel):
     max_latency_increase: Duration = timedelta(seconds=2)
     """Canary p95 minus stable p95 above which the rollout rolls back at once."""
     on_unhealthy: bool = True
-    """Roll back when canary pods are not ready or restarting."""
+    """Roll back when more than maxUnhealthyPods canary pods are unhealthy: crash-looping, unable to start
+    from their image or configuration, or not ready for longer than readinessGrace."""
     max_analysis_errors: int = Field(default=3, ge=1)
     """Consecutive failed evaluations (Prometheus unreachable, bad query) before rolling back."""
     min_requests: int = Field(default=10, ge=1)

@@ -68,7 +68,7 @@ def test_healthy_recording_promotes_after_total_phase_duration_when_replayed():
         ("rollback-error-rate.csv", "canary", "canary error rate 30.0% > 10.0% over the last 30s"),
         ("rollback-fallback-rate.csv", "canary", "canary fallback rate 40.0% > 25.0% over the last 30s"),
         ("rollback-latency.csv", "testing", "against stable 0.243s (> 2s) over the last 30s"),
-        ("rollback-unhealthy.csv", "testing", "1 canary pods not ready or restarting"),
+        ("rollback-unhealthy.csv", "testing", "1 canary pods unhealthy"),
         ("rollback-phase-threshold.csv", "testing", "canary error rate 4.0% >= 3.0% over 30m"),
         ("rollback-worse-than-stable.csv", "testing", "(significantly worse, alpha=0.05)"),
     ],
