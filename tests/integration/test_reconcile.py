@@ -121,7 +121,7 @@ def test_new_object_becomes_healthy_with_its_workloads_when_pods_are_ready(harne
     status = harness.get()["status"]
     assert status["phase"] == "Healthy"
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
-        "Ready": "True", "Progressing": "False", "Degraded": "False",
+        "Ready": "True", "Progressing": "False", "Degraded": "False", "Reconciling": "False", "Stalled": "False",
     }  # fmt: skip
     assert [e.reason for e in harness.events] == ["Initializing", "Ready"]
 
@@ -168,8 +168,10 @@ def test_promotion_switches_stable_service_and_keeps_previous_ready_when_fully_p
     new = harness.step().decision.status.canary_revision
     harness.step_until(Action.BEGIN)
     harness.patch({"metadata": {"annotations": {"backtest.dev/promote-full": "t1"}}})
-    promoted = harness.step()
-    assert promoted.decision.action == Action.PROMOTE
+    waiting = harness.step()  # one canary pod of two: the switch waits for the whole new revision
+    assert waiting.decision.action == Action.HOLD and waiting.decision.status.promotion_pending
+    assert harness.selector("quant-stable")["backtest.dev/revision"] == old
+    promoted = harness.step_until(Action.PROMOTE)
     assert harness.selector("quant-stable")["backtest.dev/revision"] == new
     assert harness.deployments() == {f"quant-{new}": 2, f"quant-{old}": 2, "quant-router": 1}
     assert harness.get()["status"]["previousRevision"] == old
@@ -196,8 +198,10 @@ def test_owned_objects_are_garbage_collected_when_service_is_deleted(harness):
     assert harness.step() is None
 
 
-def test_replicas_provider_splits_pods_by_weight_when_progressing(make_harness):
+def test_replicas_provider_splits_pods_by_weight_when_progressing(make_harness, prometheus):
     harness = make_harness(replicas=10, traffic={"provider": "replicas"})
+    # A real Prometheus with no data: weights move (no analysis error), phases never pass on their own.
+    harness.patch({"spec": {"analysis": {"prometheus": {"url": prometheus([]).url}}}})
     stable = harness.step_until(Action.READY).decision.status.stable_revision
     harness.patch({"spec": {"image": "backtest-engine:2.0.0"}})
     canary = harness.step().decision.status.canary_revision
@@ -207,6 +211,9 @@ def test_replicas_provider_splits_pods_by_weight_when_progressing(make_harness):
     assert harness.deployments() == {f"quant-{stable}": 9, f"quant-{canary}": 1}
     harness.patch({"metadata": {"annotations": {"backtest.dev/promote": "to-validation"}}})
     harness.step()
+    # Capacity before traffic: the canary grows to 5 while stable keeps 9, until the 5 are ready.
+    assert harness.deployments() == {f"quant-{stable}": 9, f"quant-{canary}": 5}
+    harness.step_until(Action.SHIFT)
     assert harness.deployments() == {f"quant-{stable}": 5, f"quant-{canary}": 5}
     entry = harness.core.read_namespaced_service("quant", harness.namespace).spec.selector
     assert entry == {"backtest.dev/service": "quant", "app.kubernetes.io/component": "engine"}
