@@ -12,6 +12,7 @@ they import, then one `go build` produces all binaries of that release.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -45,12 +46,17 @@ class GoRelease:
     sources: dict[str, str] = field(default_factory=dict)
     """Go files of a program of our own, written into the wrapper module (its programs' import path is the
     wrapper module's path); empty for upstream programs."""
-    stamp: str = ""
-    """Part of the cache key besides the version: changes when ``sources`` change."""
 
     def binary(self, settings: Settings, name: str) -> Path:
-        """Cache path of one binary: bin/<name>-<version>/<name>."""
+        """Cache path of one binary: bin/<name>-<version>/<name>, plus a digest of our own sources if any."""
         return settings.bin_dir / f"{name}-{self.version}{self.stamp}" / name
+
+    @property
+    def stamp(self) -> str:
+        if not self.sources:
+            return ""
+        text = "".join(f"{name}\0{body}\0" for name, body in sorted(self.sources.items()))
+        return "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def is_cached(self, settings: Settings) -> bool:
         return all(os.access(self.binary(settings, name), os.X_OK) for name in self.programs)
@@ -122,7 +128,7 @@ def _helm_ldflags(release: GoRelease) -> list[str]:
     return flags
 
 
-KSTATUS_MAIN = """// kstatus: print the kstatus verdict (sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute) of each object.
+KSTATUS_MAIN = """// kstatus: print the verdict of sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute for each object.
 // Reads a JSON object or a JSON list of objects on stdin; writes one JSON line per object.
 package main
 
@@ -155,7 +161,8 @@ func main() {
 		if err != nil {
 			fail(err)
 		}
-		if err := out.Encode(map[string]string{"status": string(result.Status), "message": result.Message}); err != nil {
+		verdict := map[string]string{"status": string(result.Status), "message": result.Message}
+		if err := out.Encode(verdict); err != nil {
 			fail(err)
 		}
 	}
@@ -172,7 +179,6 @@ KSTATUS = GoRelease(
     version="v0.37.2",
     programs={"kstatus": "backtest.dev/devtools/kstatus"},
     sources={"main.go": KSTATUS_MAIN},
-    stamp="-1",
 )
 """Flux's health verdict, computed by the library Flux uses (tests/e2e/test_mechanics.py, GitOps health)."""
 

@@ -131,10 +131,18 @@ class Workers:
             self.reconciler.forget(owner)
 
 
+class _QuietWatchHandler(logging.Filter):
+    """kopf logs every handler run at INFO; for a handler that runs on every watch event that is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Handler 'on_watch_event'")
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: Any, logger: Logger, **_: Any) -> None:
     """Build the reconciler and the worker registry; no kopf bookkeeping is ever written to objects."""
     settings.posting.level = logging.CRITICAL + 1  # no log lines as Events: one Event per transition instead
+    logging.getLogger("kopf.objects").addFilter(_QuietWatchHandler())
     config = OperatorSettings()
     cluster = await asyncio.to_thread(lambda: Cluster(_api_client()))  # discovery blocks: keep it off the loop
     reconciler = Reconciler(cluster, WorkloadDefaults(router_image=config.router_image), _post_event)

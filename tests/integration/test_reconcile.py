@@ -171,7 +171,7 @@ def test_promotion_switches_stable_service_and_keeps_previous_ready_when_fully_p
     waiting = harness.step()  # one canary pod of two: the switch waits for the whole new revision
     assert waiting.decision.action == Action.HOLD and waiting.decision.status.promotion_pending
     assert harness.selector("quant-stable")["backtest.dev/revision"] == old
-    promoted = harness.step_until(Action.PROMOTE)
+    harness.step_until(Action.PROMOTE)
     assert harness.selector("quant-stable")["backtest.dev/revision"] == new
     assert harness.deployments() == {f"quant-{new}": 2, f"quant-{old}": 2, "quant-router": 1}
     assert harness.get()["status"]["previousRevision"] == old
