@@ -50,13 +50,15 @@ def _healthy(status: dict[str, Any]) -> bool:
 
 
 def begin(rollout_lab: Lab, rate: float = 60.0, **overrides: Any) -> Traffic:
-    """Engines, router and operator up; the first revision healthy; steady traffic through the router."""
+    """Engines, router and operator up; the first revision healthy; steady traffic through the router
+    (none with ``rate=0``: the returned Traffic was never started)."""
     stable, canary = rollout_lab.start_engine("stable"), rollout_lab.start_engine("canary")
     router = rollout_lab.start_router(stable, canary)
     rollout_lab.start_operator()
     rollout_lab.apply(fast_spec(rollout_lab.prometheus.url, **overrides))
     rollout_lab.wait(_healthy, 120, "first revision healthy")
-    return Traffic(strategies_request(router), rate).start()
+    traffic = Traffic(strategies_request(router), rate or 1.0)
+    return traffic.start() if rate else traffic
 
 
 def events(rollout_lab: Lab, reason: str) -> list[str]:
