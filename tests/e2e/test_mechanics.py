@@ -23,7 +23,9 @@ import yaml
 from kubernetes import client as k8s
 
 from backtest_devtools import gitops
+from backtest_devtools.prometheus import ScrapeJob
 from backtest_devtools.stack import Traffic, strategies_request
+from backtest_operator.api import BacktestServiceSpec
 from backtest_operator.capacity import share_replicas
 
 from .lab import GROUP, NAME, PLURAL, VERSION, Lab, fast_spec, lab
@@ -300,3 +302,35 @@ def test_finalizer_of_an_earlier_operator_version_is_removed_when_the_operator_s
             pytest.fail("legacy finalizer still present after 60s")
         time.sleep(0.2)
     assert "backtest.dev/last-handled-configuration" not in (mechanics_lab.get()["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize(("faults", "outcome"), [({}, "promoted"), ({"ENGINE_FAULT_ERROR_RATE": "0.3"}, "rolled_back")])
+def test_replicas_provider_rollout_is_judged_from_the_engines_own_series(mechanics_lab, prometheus, faults, outcome):
+    """The review's defect: with `replicas` (and `gatewayAPI`) the default queries read router series that
+    do not exist, so every phase stayed inconclusive. The engines' series carry their revision."""
+    base = fast_spec("http://unused", traffic={"provider": "replicas"}, replicas=4)
+    revisions = {
+        track: BacktestServiceSpec.model_validate({**base, "image": image}).revision()
+        for track, image in (("stable", "backtest-engine:1.0.0"), ("canary", "backtest-engine:2.0.0"))
+    }
+    stable = mechanics_lab.start_engine("stable", ENGINE_VERSION=revisions["stable"])
+    canary = mechanics_lab.start_engine("canary", ENGINE_VERSION=revisions["canary"], **faults)
+    engines = prometheus([ScrapeJob("engines", tuple(u.removeprefix("http://") for u in (stable, canary)),
+                                    labels={"namespace": mechanics_lab.namespace})])  # fmt: skip
+    mechanics_lab.start_operator()
+    mechanics_lab.apply(fast_spec(engines.url, traffic={"provider": "replicas"}, replicas=4))
+    mechanics_lab.wait(_healthy, 120, "first revision healthy")
+    # One Service spreads requests over the pods of both revisions; here each engine process gets its share.
+    loads = [Traffic(strategies_request(stable), 40.0).start(), Traffic(strategies_request(canary), 20.0).start()]
+    mechanics_lab.patch({"spec": {"image": "backtest-engine:2.0.0"}})
+    try:
+        final = mechanics_lab.wait(lambda s: bool(s.get("history")), 240, f"the rollout {outcome}")
+    finally:
+        for load in loads:
+            load.stop()
+    entry = final["history"][0]
+    assert entry["outcome"] == outcome, entry["reason"]
+    if outcome == "rolled_back":
+        assert entry["check"] in ("error_rate_trigger", "error_rate", "error_rate_vs_stable", "success_rate")
+    else:  # a promotion needs every phase to pass on at least analysis.minRequests canary requests
+        assert "every phase passed" in entry["reason"], entry["reason"]
