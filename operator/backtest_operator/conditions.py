@@ -98,7 +98,8 @@ def _weight_condition(
     """WeightApplied: True when the data plane's weight (read back) is the one asked for."""
     asked, applied = status.canary_weight, status.effective_weight
     if applied is None and not note:
-        return conditions  # nothing was read back (the simulator, or before the first measurement)
+        # Nothing was read back (the simulator; the router while no rollout runs): no claim either way.
+        return [c for c in conditions if c.type != "WeightApplied"]
     if applied == asked:
         return set_condition(
             conditions, "WeightApplied", "True", "DataPlaneAgrees", f"the data plane sends {applied}% to the canary",

@@ -124,6 +124,10 @@ class Workers:
                     RECONCILE_ERRORS.labels("api").inc()
                     logger.warning("reconcile failed, retrying in %gs: %s", ERROR_BACKOFF, exc)
                     delay = ERROR_BACKOFF
+                except Exception:  # a bug must not end this object's worker: say so loudly, and try again
+                    RECONCILE_ERRORS.labels("unexpected").inc()
+                    logger.exception("reconcile raised; retrying in %gs", ERROR_BACKOFF)
+                    delay = ERROR_BACKOFF
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), timeout=delay)
                 wakeup.clear()
