@@ -334,5 +334,6 @@ def test_replicas_provider_rollout_is_judged_from_the_engines_own_series(mechani
     assert entry["outcome"] == outcome, entry["reason"]
     if outcome == "rolled_back":
         assert entry["check"] in ("error_rate_trigger", "error_rate", "error_rate_vs_stable", "success_rate")
+        assert health(mechanics_lab.get()) == ("Failed", "Degraded")  # an automatic rollback, as GitOps sees it
     else:  # a promotion needs every phase to pass on at least analysis.minRequests canary requests
         assert "every phase passed" in entry["reason"], entry["reason"]

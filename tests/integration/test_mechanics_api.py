@@ -221,3 +221,25 @@ def test_status_watch_reads_again_when_its_resource_version_is_too_old(k8s_api, 
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "quant")
     follower.join(timeout=20)
     assert not follower.is_alive()
+
+
+def test_replicas_provider_reports_the_share_its_pods_give_when_the_weight_is_finer_than_a_pod(
+    k8s_api, namespace, crd_installed, prometheus
+):
+    """The review's defect: the `replicas` provider reported 1% while one canary pod of two took half."""
+    made = Harness(k8s_api, namespace, {
+        "image": "backtest-engine:1.0.0", "replicas": 2, "traffic": {"provider": "replicas"},
+        "analysis": {"prometheus": {"url": prometheus([]).url, "timeout": "1s"}, "interval": "1s"},
+    })  # fmt: skip
+    try:
+        made.step_until(Action.READY)
+        made.patch({"spec": {"image": "backtest-engine:2.0.0"}})
+        made.step()
+        made.step_until(Action.CONFIRM)
+        status = made.get()["status"]
+        assert (status["canaryWeight"], status["effectiveWeight"]) == (1, 50)
+        condition = next(c for c in status["conditions"] if c["type"] == "WeightApplied")
+        assert (condition["status"], condition["reason"]) == ("False", "Disagrees")
+        assert "1 canary and 1 stable ready pods, which is 50%" in condition["message"]
+    finally:
+        made.close()
