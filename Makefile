@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint crds clean deps-system cluster-build helm-build cluster-up cluster-down cluster-status \
-	bench-router bench-engine bench-operator engine-docs e2e chart-lint chart-test demo
+.PHONY: setup test unit lint crds clean checkov deps-system cluster-build helm-build cluster-up cluster-down cluster-status \
+	bench-router bench-shadow bench-engine bench-operator bench-service bench-decisions engine-docs e2e e2e-repeat \
+	chart-lint chart-test demo
 
 setup: $(STAMP)
 
@@ -16,9 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-## The whole suite: unit, property, integration and end-to-end tests.
-test: setup deps-system cluster-build
-	$(BIN)/python -m pytest
+## The whole suite, tier by tier (unit, integration, end to end); prints the 30 slowest tests. A failing
+## end-to-end test leaves its status, events, logs and router state in test-artifacts/ (docs/testing.md).
+test: setup deps-system cluster-build checkov
+	$(BIN)/python -m pytest --durations=30
 
 ## Fast tests only: no control plane, no Prometheus, no PostgreSQL.
 unit: setup
@@ -65,8 +67,17 @@ chart-lint: helm-build
 	  --set monitoring.grafanaDashboard.enabled=true
 
 ## The chart's and the images' tests: lint, template, schema, promtool, dry-run, operator under the chart's RBAC.
-chart-test: setup deps-system helm-build
-	$(BIN)/python -m pytest tests/integration/test_chart.py tests/unit/images
+chart-test: setup deps-system helm-build checkov
+	$(BIN)/python -m pytest tests/integration/test_chart.py tests/integration/test_checkov.py tests/unit/images
+
+## checkov in a virtualenv of its own (its pinned dependencies conflict with the project's).
+CHECKOV_VERSION := 3.3.30
+checkov: .venv-checkov/.installed-$(CHECKOV_VERSION)
+
+.venv-checkov/.installed-$(CHECKOV_VERSION):
+	@test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	@touch $@
 
 ## Start the local control plane in .cluster/ (idempotent); the last line is `export KUBECONFIG=...`.
 cluster-up: setup
@@ -83,6 +94,14 @@ cluster-status: setup
 bench-router: setup
 	$(BIN)/python bench/router_overhead.py --compare-servers --json bench/results/router.json
 
+## Shadow comparisons per CPU second of full engine results vs plain deep equality (one core).
+bench-shadow: setup
+	$(BIN)/python bench/shadow_comparison.py --json bench/results/shadow-comparison.json
+
+## Decision quality of the default policy under noise, beside Flagger- and Argo-style baselines (same recordings).
+bench-decisions: setup
+	$(BIN)/python bench/decision_quality.py --runs 2000 --markdown bench/results/decision-quality.md
+
 ## Operator memory with 100 BacktestServices against a baseline of none (bench/results/operator.json).
 bench-operator: setup deps-system cluster-build
 	$(BIN)/python bench/operator_memory.py --objects 100
@@ -95,14 +114,26 @@ demo: setup deps-system cluster-build
 e2e: setup deps-system cluster-build
 	$(BIN)/python -m pytest -m e2e tests/e2e
 
+## Hunt flakes: the end-to-end tier N times in a row (BURN=2 adds two CPU burners), tallied per test.
+N ?= 5
+BURN ?= 0
+e2e-repeat: setup deps-system cluster-build
+	$(BIN)/python -m backtest_devtools.flakes --runs $(N) --burn $(BURN) -- -m e2e tests/e2e
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache
 
 ## Engine benchmarks against backtesting.py (single run) and vectorbt (sweep); not part of `make test`.
 bench-engine: setup
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/engine_vs_backtestingpy.py | tee bench/results/engine_vs_backtestingpy.txt
 	$(BIN)/python bench/sweep_vs_vectorbt.py | tee bench/results/sweep_vs_vectorbt.txt
+
+## The service's shared limits and sweeps: rate limit over 3 replicas, sweep scaling, upload memory.
+bench-service: setup deps-system
+	$(BIN)/python bench/ratelimit_shared.py --json bench/results/ratelimit_shared.json
+	$(BIN)/python bench/upload_memory.py --json bench/results/upload_memory.json
+	$(BIN)/python bench/sweep_scaling.py --json bench/results/sweep_scaling.json
 
 ## Regenerate docs/metrics.md from the metric registry (a test fails when it is stale).
 engine-docs: setup

@@ -4,6 +4,12 @@ weight flips under load. Not a test: it prints and writes numbers (`make bench-r
 Processes: one upstream (tests/support/upstream.py, healthy) playing both stable and canary on two
 ports, the router (`python -m backtest_engine.router`) in front, and this load generator, all on the
 same machine. Baseline = the same load generator against the upstream directly, in the same run.
+
+Shadowing: a second router runs with `--shadow-fraction` (default 0.1) at weight 1 (shadowing acts only
+while a canary takes traffic; the canary is the same healthy upstream, so the 1 % it serves costs what
+stable does). It is measured in the same interleaved rounds, on the small JSON answer (status compared)
+and, in a section of its own, on a full engine result (every metric, trades, equity curve: compared
+field by field), where direct, plain routed and shadowing routed runs again alternate.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import httpx
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_result import engine_json, engine_result
 from loadgen import Result, closed_loop, open_loop, paired_open_loop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +61,10 @@ def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
     return subprocess.Popen(args, env={**os.environ, **(env or {})}, stderr=subprocess.DEVNULL)
 
 
-def start_upstream(name: str) -> tuple[str, subprocess.Popen[bytes]]:
+def start_upstream(name: str, result_file: Path) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
-    proc = start([sys.executable, str(UPSTREAM), "--port", str(port)], {"UPSTREAM_NAME": name})
+    env = {"UPSTREAM_NAME": name, "UPSTREAM_RESULT_FILE": str(result_file)}
+    proc = start([sys.executable, str(UPSTREAM), "--port", str(port)], env)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/_stats")
     return url, proc
@@ -132,6 +140,24 @@ def merge(results: list[Result]) -> Result:
     return merged
 
 
+def write_engine_result(path: Path, bars: int) -> int:
+    """A real engine answer as the engine serializes it, in `path`; returns its size in bytes."""
+    body = engine_json(engine_result(bars))
+    path.write_bytes(body)
+    return len(body)
+
+
+async def shadow_counts(router: str) -> dict[str, int]:
+    async with httpx.AsyncClient() as client:
+        state = (await client.get(router + "/router/state")).json()
+    counts: dict[str, int] = state["shadow"]["comparisons"]
+    return counts
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {key: after[key] - before.get(key, 0) for key in after}
+
+
 async def flip_weights(path: Path, stop: asyncio.Event, every: float, applied: list[int]) -> None:
     rng = random.Random(1)
     while not stop.is_set():
@@ -160,20 +186,28 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
     tmp = Path(tempfile.mkdtemp(prefix="router-bench-"))
     weight = tmp / "weight"
     weight.write_text("0")
+    shadow_weight = tmp / "shadow-weight"
+    shadow_weight.write_text("1")
+    result_file = tmp / "result.json"
+    out["engine_result_bytes"] = write_engine_result(result_file, opts.result_bars)
     try:
-        stable, p = start_upstream("stable")
+        stable, p = start_upstream("stable", result_file)
         procs.append(p)
-        canary, p = start_upstream("canary")
+        canary, p = start_upstream("canary", result_file)
         procs.append(p)
         stable_pid = procs[0].pid
         routers = {}
         router_pids = {}
         for variant, extra in opts.variants.items():
-            url, p = start_router(stable, canary, weight, *extra)
+            shadowing = "--shadow-fraction" in extra
+            url, p = start_router(stable, canary, shadow_weight if shadowing else weight, *extra)
             procs.append(p)
             routers[variant] = url
             router_pids[variant] = p.pid
         cpu: dict[str, float] = {}
+
+        shadow_router = routers[opts.shadow_variant]
+        shadow_before = await shadow_counts(shadow_router)
 
         # 1. fixed rate: direct vs routed, interleaved rounds so drift hits both alike
         runs: dict[str, list[Result]] = {"direct": [], **{f"routed[{v}]": [] for v in routers}}
@@ -204,6 +238,7 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
                 row["overhead_p50_ms_per_round"] = [round(p50, 3) for _, p50 in per_round]
                 row["overhead_p99_ms_median_of_rounds"] = round(statistics.median(p for p, _ in per_round), 3)
         out["fixed_rate"] = fixed
+        out["fixed_rate_shadow_comparisons"] = delta(await shadow_counts(shadow_router), shadow_before)
         # CPU time per request barely depends on other load, unlike latency percentiles
         n_requests = opts.rate * opts.seconds * opts.rounds
         out["cpu_us_per_request"] = {
@@ -215,18 +250,55 @@ async def main_async(opts: argparse.Namespace) -> dict[str, object]:
             for name, results in runs.items()
         }
 
+        # 1a. the same on a full engine result: direct, plain router, shadowing router (compares results)
+        result_runs: dict[str, list[Result]] = {"direct": [], "routed": [], "routed+shadow": []}
+        targets = {"direct": stable, "routed": routers[next(iter(routers))], "routed+shadow": shadow_router}
+        path = "/api/v1/backtests/bench-result"
+        shadow_before = await shadow_counts(shadow_router)
+        for _ in range(opts.result_rounds):
+            for name, url in targets.items():
+                result_runs[name].append(await open_loop(url + path, opts.rate, opts.seconds))
+        on_results = {name: summary(merge(results)) for name, results in result_runs.items()}
+        for name in ("routed", "routed+shadow"):
+            row = on_results[name]
+            row["overhead_p50_ms"] = round(row["p50_ms"] - on_results["direct"]["p50_ms"], 3)
+            row["overhead_p99_ms"] = round(row["p99_ms"] - on_results["direct"]["p99_ms"], 3)
+            row["overhead_p99_ms_per_round"] = [
+                round(ms(r.percentile(0.99)) - ms(d.percentile(0.99)), 3)
+                for d, r in zip(result_runs["direct"], result_runs[name], strict=True)
+            ]
+        on_results["shadow_comparisons"] = delta(await shadow_counts(shadow_router), shadow_before)
+        out["fixed_rate_engine_result"] = on_results
+
         # 1b. paired: direct and routed requests due at the same instants, so both see the same
         # background load; per-pair differences give the overhead distribution directly
         main_router = routers[next(iter(routers))]
-        direct_r, routed_r, diffs = await paired_open_loop(
-            stable + "/x", main_router + "/x", opts.rate, opts.seconds * opts.rounds
+        shadow_before = await shadow_counts(shadow_router)
+        for key, router_url in (("paired", main_router), ("paired_shadow", shadow_router)):
+            direct_r, routed_r, diffs = await paired_open_loop(
+                stable + "/x", router_url + "/x", opts.rate, opts.seconds * opts.rounds
+            )
+            diffs.sort()
+            out[key] = {
+                "direct": summary(direct_r),
+                "routed": summary(routed_r),
+                "overhead_p50_ms": round(summary(routed_r)["p50_ms"] - summary(direct_r)["p50_ms"], 3),
+                "overhead_p99_ms": round(summary(routed_r)["p99_ms"] - summary(direct_r)["p99_ms"], 3),
+                "pair_difference_p50_ms": ms(diffs[len(diffs) // 2]),
+                "pair_difference_p99_ms": ms(diffs[int(len(diffs) * 0.99)]),
+                "pairs": len(diffs),
+            }
+        out["paired_shadow"]["shadow_comparisons"] = delta(await shadow_counts(shadow_router), shadow_before)
+        # the shadowing router against the plain one at the same instants: what shadowing itself adds
+        plain_r, shadow_r, diffs = await paired_open_loop(
+            main_router + "/x", shadow_router + "/x", opts.rate, opts.seconds * opts.rounds
         )
         diffs.sort()
-        out["paired"] = {
-            "direct": summary(direct_r),
-            "routed": summary(routed_r),
-            "overhead_p50_ms": round(summary(routed_r)["p50_ms"] - summary(direct_r)["p50_ms"], 3),
-            "overhead_p99_ms": round(summary(routed_r)["p99_ms"] - summary(direct_r)["p99_ms"], 3),
+        out["paired_plain_vs_shadow"] = {
+            "plain": summary(plain_r),
+            "shadow": summary(shadow_r),
+            "shadow_minus_plain_p50_ms": round(summary(shadow_r)["p50_ms"] - summary(plain_r)["p50_ms"], 3),
+            "shadow_minus_plain_p99_ms": round(summary(shadow_r)["p99_ms"] - summary(plain_r)["p99_ms"], 3),
             "pair_difference_p50_ms": ms(diffs[len(diffs) // 2]),
             "pair_difference_p99_ms": ms(diffs[int(len(diffs) * 0.99)]),
             "pairs": len(diffs),
@@ -282,6 +354,9 @@ def main() -> None:
     parser.add_argument("--flip-seconds", type=float, default=30)
     parser.add_argument("--flip-every", type=float, default=0.1)
     parser.add_argument("--compare-servers", action="store_true", help="also run the router on h11+asyncio")
+    parser.add_argument("--shadow-fraction", type=float, default=0.1, help="of the shadowing router (default 0.1)")
+    parser.add_argument("--result-bars", type=int, default=1000, help="bars of the engine result served (1000)")
+    parser.add_argument("--result-rounds", type=int, default=3, help="rounds on the engine result (default 3)")
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument(
         "--nice",
@@ -293,9 +368,12 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.nice:
         os.setpriority(os.PRIO_PROCESS, 0, opts.nice)  # inherited by every process started below
-    opts.variants = {"httptools+uvloop": ["--http", "httptools", "--loop", "uvloop"]}
+    fast = ["--http", "httptools", "--loop", "uvloop"]
+    opts.variants = {"httptools+uvloop": fast}
     if opts.compare_servers:
         opts.variants["h11+asyncio"] = ["--http", "h11", "--loop", "asyncio"]
+    opts.shadow_variant = f"httptools+uvloop+shadow{opts.shadow_fraction:g}"
+    opts.variants[opts.shadow_variant] = [*fast, "--shadow-fraction", str(opts.shadow_fraction)]
     results = uvloop.run(main_async(opts))
     text = json.dumps(results, indent=2)
     print(text)

@@ -1,3 +1,26 @@
-"""Shared fixtures: the real control plane, namespaces, the CRD and Prometheus (see backtest_devtools)."""
+"""Shared fixtures: the real control plane, namespaces, the CRD and Prometheus (see backtest_devtools).
+
+Tests run tier by tier: unit first (seconds, no cluster), then integration (real API server, Prometheus,
+PostgreSQL), then end-to-end rollouts, so the fastest feedback comes first and one pytest run still gives
+one summary and one list of the slowest tests.
+"""
+
+from __future__ import annotations
+
+import pytest
 
 pytest_plugins = ["backtest_devtools.fixtures"]
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def _tier(item: pytest.Item) -> int:
+    parts = item.path.parts
+    for index, tier in enumerate(TIERS):
+        if tier in parts:
+            return index
+    return len(TIERS)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_tier)  # stable: keeps each file's own order within its tier

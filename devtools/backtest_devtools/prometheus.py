@@ -147,6 +147,19 @@ class PrometheusServer:
         if not processes.wait_until(all_up, timeout, 0.25):
             raise ClusterError("prometheus", f"targets not up after {timeout:.0f}s: {self.targets_up()}", self.log)
 
+    def wait_for_scrape_after(self, moment: float, timeout: float = 30.0) -> None:
+        """Block until every target has been scraped at or after the Unix time ``moment``, so a query
+        sees whatever the targets counted before it (instead of sleeping "a couple of scrape intervals")."""
+
+        def scraped() -> bool:
+            result = self.query("min(timestamp(up))")
+            return bool(result) and float(result[0]["value"][1]) >= moment
+
+        if not processes.wait_until(scraped, timeout, 0.2):
+            raise ClusterError(
+                "prometheus", f"no scrape of every target after {moment:.1f} within {timeout:.0f}s", self.log
+            )
+
     def _write_config(self) -> None:
         config = scrape_config(self.jobs, self.interval)
         self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -43,14 +43,15 @@ class BacktestResult:
     strategy: str
     params: dict[str, Any]
     config: ExecutionConfig
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
+    """Metric name -> value; None where undefined for this run (docs/metrics.md)."""
     trades: pd.DataFrame
     equity: pd.Series
     periods_per_year: float
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, *, include_equity: bool = False) -> dict[str, Any]:
-        """JSON-ready form: timestamps as ISO strings, floats finite (metrics never hold NaN)."""
+        """JSON-ready form: timestamps as ISO strings, floats finite (undefined metrics are None)."""
         trades = [
             {
                 **{k: _json_value(v) for k, v in row.items()},

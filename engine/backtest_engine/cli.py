@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -128,7 +129,10 @@ def _print_table(rows: Sequence[tuple[str, str]], out: TextIO) -> None:
         out.write(f"{name:<{width}}  {value}\n")
 
 
-def _format(value: float) -> str:
+def _format(value: float | None) -> str:
+    """A metric for people: `undefined` where it has no value (docs/metrics.md)."""
+    if value is None or math.isnan(value):
+        return "undefined"
     return f"{value:,.6g}" if abs(value) < 1e15 else f"{value:.6e}"
 
 
@@ -204,7 +208,7 @@ def _command_optimize(args: argparse.Namespace, out: TextIO, err: TextIO) -> Non
         return
     out.write(f"{result.evaluated}/{result.total} parameter sets, ranked by {args.metric}\n")
     for rank, row in enumerate(result.results.head(args.top).to_dict(orient="records"), start=1):
-        metrics = "  ".join(f"{k}={_format(float(v))}" for k, v in row.items() if k != "params")
+        metrics = "  ".join(f"{k}={_format(v)}" for k, v in row.items() if k != "params")
         out.write(f"{rank:>3}. {json.dumps(row['params'])}  {metrics}\n")
 
 
@@ -232,7 +236,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
                     "group": m.group,
                     "unit": m.unit,
                     "definition": m.definition,
-                    "degenerate": m.degenerate,
+                    "undefined_when": m.undefined_when,
                 }
                 for m in all_metrics()
             ]

@@ -28,12 +28,12 @@ from backtest_engine.data import validate_ohlcv
 from backtest_engine.errors import EngineError, InvalidCombination, InvalidParameter
 from backtest_engine.execution import ExecutionConfig, simulate
 from backtest_engine.indicators import Bars
-from backtest_engine.metrics import compute_metrics, metric_names
+from backtest_engine.metrics import MetricValues, compute_metrics, metric_names
 from backtest_engine.strategies import generate_signals, get_strategy, validate_params
 
 SUMMARY_METRICS = ("total_return", "cagr", "sharpe_ratio", "max_drawdown", "num_trades", "win_rate")
 ProgressCallback = Callable[[int, int], None]
-ResultsCallback = Callable[[list[dict[str, Any]], list[dict[str, float]]], None]
+ResultsCallback = Callable[[list[dict[str, Any]], list[MetricValues]], None]
 MAX_CHUNK = 16  # parameter sets per task sent to a worker
 
 
@@ -53,14 +53,20 @@ class OptimizationResult:
         return len(self.results)
 
     @property
+    def ranked(self) -> pd.DataFrame:
+        """The results whose ranking metric is defined (best first): what best-of may choose from."""
+        return self.results[self.results[self.metric].notna()] if not self.results.empty else self.results
+
+    @property
     def best_params(self) -> dict[str, Any]:
-        if self.results.empty:
-            return {}
-        return dict(self.results.iloc[0]["params"])
+        """Parameters of the best set with a defined metric; {} when no set has one."""
+        ranked = self.ranked
+        return dict(ranked.iloc[0]["params"]) if not ranked.empty else {}
 
     @property
     def best_value(self) -> float:
-        return float(self.results.iloc[0][self.metric]) if not self.results.empty else float("nan")
+        ranked = self.ranked
+        return float(ranked.iloc[0][self.metric]) if not ranked.empty else float("nan")
 
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         rows = self.results if top is None else self.results.head(top)
@@ -75,11 +81,16 @@ class OptimizationResult:
             "results": [
                 {
                     "params": row["params"],
-                    "metrics": {k: float(row[k]) for k in rows.columns if k != "params"},
+                    "metrics": {k: _defined(row[k]) for k in rows.columns if k != "params"},
                 }
                 for row in rows.to_dict(orient="records")
             ],
         }
+
+
+def _defined(value: Any) -> float | None:
+    """A metric value for JSON: None where undefined (NaN in the results frame)."""
+    return None if value is None or pd.isna(value) else float(value)
 
 
 def _combinations_valid(strategy: str, combos: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -153,7 +164,7 @@ def _install_job(job: _Job) -> None:
     _WORKER_JOB = job
 
 
-def _evaluate(job: _Job, params: dict[str, Any]) -> dict[str, float]:
+def _evaluate(job: _Job, params: dict[str, Any]) -> MetricValues:
     model = validate_params(job.strategy, params)
     signals = generate_signals(job.bars, job.strategy, model)
     b = job.bars
@@ -170,20 +181,61 @@ def _evaluate(job: _Job, params: dict[str, Any]) -> dict[str, float]:
     return compute_metrics(context, job.metrics)
 
 
-def _evaluate_chunk(chunk: list[dict[str, Any]]) -> list[dict[str, float]]:
+def _evaluate_chunk(chunk: list[dict[str, Any]]) -> list[MetricValues]:
     if _WORKER_JOB is None:
         raise RuntimeError("worker used before its job was installed")
     return [_evaluate(_WORKER_JOB, params) for params in chunk]
 
 
 def _rank(
-    strategy: str, metric: str, maximize: bool, params: list[dict[str, Any]], values: list[dict[str, float]]
+    strategy: str, metric: str, maximize: bool, params: list[dict[str, Any]], values: list[MetricValues]
 ) -> pd.DataFrame:
-    frame = pd.DataFrame(values)
+    frame = pd.DataFrame(values, dtype="float64")  # None (undefined) becomes NaN
     frame.insert(0, "params", params)
     if frame.empty:
         return pd.DataFrame(columns=["params", metric])
-    return frame.sort_values(metric, ascending=not maximize, kind="stable").reset_index(drop=True)
+    # undefined values last in either direction: a set that never traded never outranks a real loss
+    return frame.sort_values(metric, ascending=not maximize, kind="stable", na_position="last").reset_index(drop=True)
+
+
+class SetEvaluator:
+    """Evaluates parameter sets on one dataset in this process, keeping the indicator memo between calls.
+
+    One chunk of a sweep that is spread over several machines (the service's distributed sweeps) is
+    computed exactly as `optimize` computes it; a process that takes several chunks of the same sweep
+    reuses the moving averages it already computed.
+    """
+
+    def __init__(
+        self,
+        data: pd.DataFrame,
+        strategy: str,
+        *,
+        metric: str = "sharpe_ratio",
+        cash: float = 10_000.0,
+        commission: float = 0.0,
+        slippage_bps: float = 0.0,
+        fraction: float = 1.0,
+        lot_size: float = 0.0,
+        stop_loss: float | None = None,
+        take_profit: float | None = None,
+        periods_per_year: float | None = None,
+        risk_free_rate: float = 0.0,
+    ) -> None:
+        config = ExecutionConfig(cash, commission, slippage_bps, fraction, lot_size, stop_loss, take_profit)
+        ppy = resolve_periods_per_year(pd.DatetimeIndex(data.index), periods_per_year)
+        wanted = tuple(dict.fromkeys((metric, *SUMMARY_METRICS)))
+        self._job = _Job(bars_from_frame(data), strategy, config, ppy, risk_free_rate, wanted)
+
+    def __call__(self, sets: Sequence[dict[str, Any]]) -> list[MetricValues]:
+        return [_evaluate(self._job, params) for params in sets]
+
+
+def evaluate_sets(
+    data: pd.DataFrame, strategy: str, sets: Sequence[dict[str, Any]], **options: Any
+) -> list[MetricValues]:
+    """Metrics of given, already validated parameter sets (see `SetEvaluator`)."""
+    return SetEvaluator(data, strategy, **options)(sets)
 
 
 def optimize(
@@ -239,7 +291,7 @@ def optimize(
     size = chunk_size or min(MAX_CHUNK, max(1, math.ceil(total / (workers * 8))))
     chunks = [candidates[i : i + size] for i in range(0, total, size)]
     done_params: list[dict[str, Any]] = []
-    done_values: list[dict[str, float]] = []
+    done_values: list[MetricValues] = []
     if progress:
         progress(0, total)
     if workers == 1:
@@ -257,7 +309,7 @@ def optimize(
     else:
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_install_job, initargs=(job,)) as pool:
-            pending: dict[Future[list[dict[str, float]]], list[dict[str, Any]]] = {
+            pending: dict[Future[list[MetricValues]], list[dict[str, Any]]] = {
                 pool.submit(_evaluate_chunk, chunk): chunk for chunk in chunks
             }
             try:
@@ -371,7 +423,7 @@ def walk_forward(
         if len(train) < 2 or len(test) < 2:
             raise EngineError(f"walk-forward fold [{start}, {end}) is too short; use fewer folds")
         best = optimize(train, strategy, space, metric=metric, maximize=maximize, validate=False, **kwargs)
-        if best.results.empty:
+        if not best.best_params:
             continue
         test_result = optimize(
             test,

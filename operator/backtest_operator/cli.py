@@ -1,18 +1,25 @@
 """``backtest-operator``: the command line. Bad input exits 2 with the line or field named.
 
 Each command imports what it needs when it runs (the simulator pulls in scipy and pandas, ``run`` kopf and
-the kubernetes client), so ``--help`` and the ``kubectl backtest`` plugin start in tens of milliseconds.
+the kubernetes client, the models pydantic), so ``--help`` and the ``kubectl backtest`` plugin start in
+tens of milliseconds (bench/cli_startup.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backtest_operator.errors import BacktestOperatorError, InvalidRecording
+
+if TYPE_CHECKING:
+    from backtest_operator.api import BacktestServiceSpec
 
 EXIT_BAD_INPUT = 2
 
@@ -50,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--policy", type=Path, required=True, help="BacktestService manifest (YAML)")
     source = sim.add_mutually_exclusive_group(required=True)
-    source.add_argument("--metrics", type=Path, help="CSV: time,track,requests,errors,fallbacks,slow,...")
+    source.add_argument(
+        "--metrics",
+        type=Path,
+        action="append",
+        help="CSV: time,track,requests,errors,fallbacks,slow,... (repeatable, or a directory of *.csv: a corpus)",
+    )
     source.add_argument("--prometheus", metavar="URL", help="read the router series from this Prometheus")
     sim.add_argument("--from", dest="start", help="start of the Prometheus range (ISO 8601)")
     sim.add_argument("--to", dest="end", help="end of the Prometheus range (ISO 8601)")
@@ -67,16 +79,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    import json  # noqa: PLC0415 - see the module docstring
+def _recordings(paths: Sequence[Path]) -> list[Path]:
+    """The recordings named, a directory standing for every *.csv in it (sorted)."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            inside = sorted(path.glob("*.csv"))
+            if not inside:
+                raise InvalidRecording(f"{path}: no *.csv recordings in this directory")
+            found.extend(inside)
+        else:
+            found.append(path)
+    return found
 
+
+def _simulate(args: argparse.Namespace) -> int:
+    # Imported here: the kubectl plugin shares this module and must start without numpy or scipy.
     from backtest_operator.recordings import parse_time, read_csv, read_prometheus  # noqa: PLC0415
-    from backtest_operator.simulate import TABLE_HEADER, as_json, as_table_row, load_manifest, replay  # noqa: PLC0415
+    from backtest_operator.simulate import load_manifest  # noqa: PLC0415
 
     manifest = load_manifest(args.policy)
     spec = manifest.spec
     if args.metrics is not None:
-        intervals = read_csv(args.metrics)
+        paths = _recordings(args.metrics)
+        if len(paths) > 1:
+            return _corpus(spec, paths, args.format == "table")
+        intervals = read_csv(paths[0])
     else:
         if not args.start or not args.end:
             raise InvalidRecording("--prometheus needs --from and --to")
@@ -88,6 +116,8 @@ def _simulate(args: argparse.Namespace) -> int:
             raise InvalidRecording("--to must be after --from")
         step = args.step or spec.analysis.interval
         intervals = read_prometheus(args.prometheus, start, end, spec.analysis, dict(args.label), step)
+    from backtest_operator.simulate import TABLE_HEADER, as_json, as_table_row, replay  # noqa: PLC0415
+
     table = args.format == "table"
     if table:
         print(TABLE_HEADER)
@@ -96,12 +126,40 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    import logging  # noqa: PLC0415 - see the module docstring
+def _corpus(spec: BacktestServiceSpec, paths: Sequence[Path], table: bool) -> int:
+    """One outcome line per recording, then a summary line; every file is read before any line is printed,
+    so a bad file stops the run (exit 2, naming it) without half a report."""
+    from backtest_operator.recordings import read_csv  # noqa: PLC0415
+    from backtest_operator.simulate import (  # noqa: PLC0415
+        CORPUS_HEADER,
+        Outcome,
+        corpus_row,
+        outcome_line,
+        replay,
+        summarize,
+    )
 
+    recordings = [(path, read_csv(path)) for path in paths]
+    outcomes: list[Outcome] = []
+    if table:
+        print(CORPUS_HEADER)
+    for path, intervals in recordings:
+        outcome = next(item for item in replay(spec, intervals) if isinstance(item, Outcome))
+        outcomes.append(outcome)
+        line = outcome_line(str(path), outcome)
+        print(corpus_row(line) if table else json.dumps(line), flush=True)
+    summary = summarize(outcomes)
+    print(f"summary: {json.dumps(summary)}" if table else json.dumps({"summary": summary}), flush=True)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415 - only the run command needs kopf and the handlers
 
     import backtest_operator.handlers  # noqa: F401, PLC0415 - registers the handlers
+    from backtest_operator.sequential import warm_up  # noqa: PLC0415
+
+    warm_up()  # scipy is imported lazily; the first evaluation must not wait for it
 
     namespaces = args.namespace or []
     # kopf.run() leaves logging unconfigured and kopf's object logger only feeds Event posting (turned off

@@ -9,23 +9,26 @@ Rules that hold for every decision (and are property-tested):
 * the canary weight is 0 or the weight of a phase; it moves only along ``spec.phases``, and only once
   the canary has the ready pods for it (``capacity.py``); a phase's clock starts once the data plane
   confirms its weight, and promotion waits for every pod of the new revision;
-* a failing rollback trigger wins over everything else, pause and manual promotion included;
-* missing data, too few requests and analysis errors never advance a phase or promote;
+* a failing check (a rollback trigger, or a phase check on clear evidence) rolls back at once and wins
+  over everything else, pause and manual promotion included; pod health is judged even without Prometheus;
+* missing data, too few requests, doubtful numbers and analysis errors never advance a phase or promote;
 * the same inputs always give the same decision.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
 from backtest_operator.analysis import (
     Observation,
+    analysis_error_check,
     bake_checks,
     first_failure,
     overall,
     phase_checks,
+    pod_checks,
     trigger_checks,
 )
 from backtest_operator.api import (
@@ -34,6 +37,7 @@ from backtest_operator.api import (
     BacktestServiceSpec,
     BacktestServiceStatus,
     CheckResult,
+    HandledControls,
     HistoryEntry,
     Outcome,
     Phase,
@@ -65,6 +69,8 @@ class Action(StrEnum):
     """The canary has the ready pods for the next weight; the weight is applied."""
     CONFIRM = "confirm"
     """The data plane applies the phase's weight; the phase's clock starts."""
+    PROMOTING = "promoting"
+    """A promotion waits for every replica of the new revision to be ready."""
     PAUSE = "pause"
     RESUME = "resume"
     PROMOTE = "promote"
@@ -93,6 +99,8 @@ class Decision:
     events: tuple[Event, ...] = ()
     failing_check: str | None = None
     checks: tuple[CheckResult, ...] = field(default=())
+    deferred: frozenset[str] = frozenset()
+    """Requests this decision could not act on yet but a later one will: they stay pending."""
 
 
 @dataclass(frozen=True)
@@ -119,15 +127,19 @@ def decide(
     """The next state of a BacktestService and why. ``plane`` is what the cluster's data plane holds."""
     pending = controls.pending(status.handled_controls)
     ctx = _Context(spec, obs, now, generation, spec.revision(), pending, plane)
+    previous = status.handled_controls
     status = status.evolve(handled_controls=controls.as_handled(), observed_generation=generation)
     if plane.measured:
         status = status.evolve(effective_weight=plane.effective_weight)
     decision = _route(ctx, status)
+    deferred = ctx.pending & decision.deferred
     ignored = [
         Event("Normal", "RequestIgnored", f"{name.replace('_', '-')} request not acted on: {decision.reason}")
-        for name in sorted(ctx.pending - _CONSUMED.get(decision.action, frozenset()))
+        for name in sorted(ctx.pending - _CONSUMED.get(decision.action, frozenset()) - deferred)
     ]
-    final = decision.status.evolve(message=decision.reason)
+    final = decision.status.evolve(
+        message=decision.reason, handled_controls=_keep_pending(decision.status.handled_controls, previous, deferred)
+    )
     final = final.evolve(conditions=derive_conditions(final, obs.stable_ready, generation, now, plane.note))
     return Decision(
         decision.action,
@@ -139,10 +151,15 @@ def decide(
     )
 
 
+def _keep_pending(handled: HandledControls, previous: HandledControls, deferred: frozenset[str]) -> HandledControls:
+    """Deferred requests keep their old handled token, so the next evaluation still sees them pending."""
+    return handled.model_copy(update={name: getattr(previous, name) for name in deferred})
+
+
 _CONSUMED = {
     Action.PROMOTE: frozenset({"promote", "promote_full"}),
-    Action.ADVANCE: frozenset({"promote", "promote_full"}),
-    Action.HOLD: frozenset({"promote_full"}),
+    Action.ADVANCE: frozenset({"promote"}),
+    Action.PROMOTING: frozenset({"promote", "promote_full"}),
     Action.ROLLBACK: frozenset({"abort"}),
     Action.START: frozenset({"retry"}),
 }
@@ -209,7 +226,13 @@ def _start(ctx: _Context, status: BacktestServiceStatus, why: str) -> Decision:
         last_analysis=None,
     )
     reason = f"rollout started: {why}; waiting for canary pods before sending {first.weight}% of traffic"
-    return Decision(Action.START, status, reason, (Event("Normal", "RolloutStarted", reason),))
+    event = Event("Normal", "RolloutStarted", reason)
+    return Decision(Action.START, status, reason, (event,), deferred=_WAIT_FOR_TRAFFIC | {"abort"})
+
+
+_WAIT_FOR_TRAFFIC = frozenset({"promote", "promote_full"})
+"""Promotions requested before the canary takes traffic (e.g. committed together with the new image, as
+in the GitOps example of docs/operations.md) are acted on once its first phase runs."""
 
 
 def _finish_rollout(
@@ -342,7 +365,8 @@ def _promote_when_ready(ctx: _Context, status: BacktestServiceStatus, why: str) 
     status = status.evolve(promotion_pending=True, waiting_since=status.waiting_since or ctx.now)
     have = f"{plane.canary_ready} of {total}" if plane.measured else f"not all {total}"
     reason = f"{why}; waiting for the new revision to be fully ready before promotion: {have} pods ready"
-    return _wait_or_give_up(ctx, status, reason, "the new revision was not fully ready")
+    waiting = _wait_or_give_up(ctx, status, reason, "the new revision was not fully ready")
+    return waiting if waiting.action == Action.ROLLBACK else replace(waiting, action=Action.PROMOTING)
 
 
 _ACT_WITHOUT_DATA = frozenset({"abort", "promote", "promote_full"})
@@ -378,9 +402,10 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
             reason = f"rolled back in phase {status.step_name}: analysis failed {failures} times in a row ({obs.error})"
             return _rollback(ctx, status.evolve(analysis_errors=failures), reason, "analysis")
         status = status.evolve(analysis_errors=failures)
-        if not ctx.pending & _ACT_WITHOUT_DATA:
+        pods = pod_checks(spec, obs.canary_unhealthy_pods) if status.phase_started_at else []
+        if first_failure(pods) is None and not ctx.pending & _ACT_WITHOUT_DATA:
             reason = f"analysis failed ({failures}/{limit}), holding phase {status.step_name}: {obs.error}"
-            return _hold(status, reason)
+            return _hold(status, reason, [analysis_error_check(obs), *pods])
     else:
         status = status.evolve(analysis_errors=0)
     index = next((i for i, p in enumerate(spec.phases) if p.name == status.step_name), None)
@@ -389,7 +414,8 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     phase = spec.phases[index]
     if status.phase_started_at is None and status.canary_weight == 0:
         return _waiting_for_canary(ctx, status, index)
-    triggers = trigger_checks(spec, phase, obs) if obs.error is None else []
+    # Pod health comes from Kubernetes: it is judged even when Prometheus fails (and before any request).
+    triggers = trigger_checks(spec, phase, obs) if obs.error is None else pod_checks(spec, obs.canary_unhealthy_pods)
     tripped = first_failure(triggers)
     if tripped is not None:
         reason = f"rolled back in phase {phase.name}: {tripped.message}"
@@ -402,7 +428,17 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         return _rollback(ctx, status, f"aborted by request in phase {phase.name}", "abort", Outcome.ABORTED)
     if status.phase_started_at is None:
         return _entering(ctx, status, index)
-    checks = phase_checks(spec, phase, obs)
+    checks = phase_checks(spec, phase, obs) if obs.error is None else [analysis_error_check(obs)]
+    failed = first_failure(checks)
+    if failed is not None:
+        # Sequential evidence that the phase cannot pass: no reason to wait for its end (paused or not).
+        record = AnalysisRecord(
+            time=now, phase=phase.name, verdict=Verdict.FAIL, window_seconds=obs.phase_window.total_seconds(),
+            canary=obs.canary_phase, stable=obs.stable_phase, checks=[*triggers, *checks],
+        )  # fmt: skip
+        reason = f"rolled back in phase {phase.name}: {failed.message}"
+        status = status.evolve(last_analysis=record)
+        return _rollback(ctx, status, reason, failed.name, checks=[*triggers, *checks])
     record = AnalysisRecord(
         time=now,
         phase=phase.name,
@@ -413,28 +449,32 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         checks=[*triggers, *checks],
     )
     status = status.evolve(step=index, canary_weight=phase.weight, last_analysis=record)
-    return _judge(ctx, status, index, phase, checks)
+    # Every check is reported (metrics, simulator); only the phase checks decide whether the phase passes.
+    return replace(_judge(ctx, status, index, phase, checks), checks=(*triggers, *checks))
 
 
 def _waiting_for_canary(ctx: _Context, status: BacktestServiceStatus, index: int) -> Decision:
     """No traffic reaches the canary yet: wait for its pods (capacity for the first weight)."""
     if "abort" in ctx.pending:
         return _rollback(ctx, status, "aborted by request before the canary took traffic", "abort", Outcome.ABORTED)
-    if status.promotion_pending or "promote_full" in ctx.pending:
-        return _promote_when_ready(ctx, status, "full promotion requested")
+    if ctx.spec.paused:
+        return _paused_before_traffic(ctx, status)
+    if status.phase == RolloutPhase.PAUSED:
+        status = status.evolve(phase=RolloutPhase.PROGRESSING, paused_at=None)
     phase = ctx.spec.phases[index]
     needed = canary_replicas(phase.weight, ctx.spec.replicas, ctx.spec.traffic.provider)
     if has_capacity(ctx.plane, ctx.obs.canary_ready, needed):
-        return _enter_step(ctx, status, index, Action.BEGIN, f"canary revision {status.canary_revision} is ready")
+        why = f"canary revision {status.canary_revision} is ready"
+        return replace(_enter_step(ctx, status, index, Action.BEGIN, why), deferred=_WAIT_FOR_TRAFFIC)
     started = status.waiting_since or status.rollout_started_at or ctx.now
     deadline = ctx.spec.rollback.progress_deadline
     if ctx.now - started >= deadline:
         reason = f"rolled back: canary pods not ready {brief_duration(deadline)} after the rollout started"
         return _rollback(ctx, status, reason, "progress_deadline")
-    waiting = f"waiting for canary pods of revision {status.canary_revision} to become ready"
+    reason = f"waiting for canary pods of revision {status.canary_revision} to become ready"
     if ctx.plane.measured:
-        waiting += f" ({capacity_message(ctx.plane, needed, phase.weight, ctx.spec.replicas)})"
-    return _hold(status, waiting)
+        reason += f" ({capacity_message(ctx.plane, needed, phase.weight, ctx.spec.replicas)})"
+    return replace(_hold(status, reason), deferred=_WAIT_FOR_TRAFFIC)
 
 
 def _entering(ctx: _Context, status: BacktestServiceStatus, index: int) -> Decision:
@@ -454,6 +494,16 @@ def _entering(ctx: _Context, status: BacktestServiceStatus, index: int) -> Decis
     if status.phase == RolloutPhase.PAUSED:
         status = status.evolve(phase=RolloutPhase.PROGRESSING, paused_at=None)
     return _realise_step(ctx, status, index)
+
+
+def _paused_before_traffic(ctx: _Context, status: BacktestServiceStatus) -> Decision:
+    """``spec.paused`` on a new revision: the canary is deployed but gets no traffic until resumed."""
+    reason = f"paused before the first phase: revision {status.canary_revision} gets no traffic until resumed"
+    if status.phase == RolloutPhase.PAUSED:
+        return replace(_hold(status, reason), deferred=_WAIT_FOR_TRAFFIC)
+    status = status.evolve(phase=RolloutPhase.PAUSED, paused_at=ctx.now, canary_weight=0)
+    event = Event("Normal", "Paused", reason)
+    return Decision(Action.PAUSE, status, reason, (event,), deferred=_WAIT_FOR_TRAFFIC)
 
 
 def _judge(
@@ -521,7 +571,8 @@ def _degraded(ctx: _Context, status: BacktestServiceStatus) -> Decision:
 
 def _baking(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     """After promotion: the previous revision stays ready so that a late failure rolls back at once."""
-    checks = bake_checks(ctx.spec, ctx.obs) if ctx.obs.error is None else []
+    pods = pod_checks(ctx.spec, ctx.obs.stable_unhealthy_pods, "promoted")
+    checks = bake_checks(ctx.spec, ctx.obs) if ctx.obs.error is None else pods
     tripped = first_failure(checks)
     if tripped is not None or "abort" in ctx.pending:
         why = f"rolled back after promotion: {tripped.message}" if tripped else "aborted by request during bake"
@@ -565,6 +616,7 @@ def _baking(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         return _hold(
             status.evolve(analysis_errors=status.analysis_errors + 1),
             f"baking revision {status.stable_revision}; analysis failed: {ctx.obs.error}",
+            [analysis_error_check(ctx.obs), *pods],
         )
     status = status.evolve(analysis_errors=0)
     if status.bake_until is not None and ctx.now >= status.bake_until:

@@ -1,28 +1,38 @@
 """Ask Prometheus for the numbers the policy needs, asynchronously (never blocking kopf's event loop).
 
-``measure`` runs every query of one evaluation concurrently and returns an ``Observation``. A failed
-query (unreachable server, timeout, rejected PromQL, a histogram without the objective's bucket) makes
-the whole observation an error, which the policy counts towards ``rollback.maxAnalysisErrors``; an empty
-answer means "no data", which the policy treats as inconclusive, never as zero traffic that passed.
+``measure`` runs every query of one evaluation concurrently and returns an ``Observation``: the last
+interval and the phase so far per track (instant queries), and the phase interval by interval for the
+sequential tests (range queries on a grid anchored at the phase start, so each interval boundary is the
+same point in time at every look; docs/rollout-policy.md). A failed query (unreachable server, timeout,
+rejected PromQL, a histogram without the objective's bucket) makes the whole observation an error, which
+the policy counts towards ``rollback.maxAnalysisErrors``; an empty answer means "no data", which the
+policy treats as inconclusive, never as zero traffic that passed. Queries: docs/metrics-contract.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
-from backtest_operator.analysis import Observation
-from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus, TrackNumbers
+from backtest_operator.analysis import Observation, Stretch
+from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus, RolloutPhase, TrackNumbers
 from backtest_operator.errors import AnalysisError
-from backtest_operator.queries import QuerySet, build_queries, promql_range
+from backtest_operator.histograms import MIN_REFERENCE_REQUESTS, P95, Histogram
+from backtest_operator.queries import MAX_POINTS, QuerySet, build_queries, grid_stride, promql_range
 
 TRACKS = ("canary", "stable")
 NO_REVISION = "none"
+Revisions = dict[str, str | None]
+"""The revision whose engine series stand for each track (None: the router's series, keyed by track)."""
+
+Series = dict[float, float]
+"""Values of one range-query series by timestamp (seconds)."""
 
 
 class PrometheusClient:
@@ -68,17 +78,43 @@ class PrometheusClient:
         values = [float(item["value"][1]) for item in result]
         return [v for v in values if math.isfinite(v)]
 
-    async def series(self, query: str, start: datetime, end: datetime, step: timedelta) -> list[float]:
-        """The finite values of a range query, in time order (one series expected)."""
+    async def instant_by(self, query: str, at: datetime, label: str) -> dict[str, float]:
+        """An instant vector's finite values keyed by one label (e.g. ``le`` of histogram buckets)."""
+        result = await self._get("/api/v1/query", {"query": query, "time": f"{at.timestamp():.3f}"})
+        values: dict[str, float] = {}
+        for item in result:
+            value = float(item["value"][1])
+            if math.isfinite(value):
+                key = item["metric"].get(label, "")
+                values[key] = values.get(key, 0.0) + value
+        return values
+
+    async def range_by(
+        self, query: str, start: datetime, end: datetime, step: timedelta, label: str | None = None
+    ) -> dict[str, Series]:
+        """A range query's finite values per series (keyed by ``label``, or "" summed), by timestamp.
+
+        Refuses to ask for more than ``MAX_POINTS`` points per series (Prometheus' limit is 11,000).
+        """
+        seconds = max(1.0, step.total_seconds())
+        if (end - start).total_seconds() / seconds + 1 > MAX_POINTS + 1:
+            raise AnalysisError(f"a range query of {end - start} at {seconds:g}s steps exceeds {MAX_POINTS} points")
         params = {
             "query": query,
             "start": f"{start.timestamp():.3f}",
             "end": f"{end.timestamp():.3f}",
-            "step": f"{max(1.0, step.total_seconds()):g}s",
+            "step": f"{seconds:g}s",
         }
         result = await self._get("/api/v1/query_range", params)
-        values = [float(value) for item in result for _, value in item["values"]]
-        return [v for v in values if math.isfinite(v)]
+        series: dict[str, Series] = {}
+        for item in result:
+            key = item["metric"].get(label, "") if label else ""
+            points = series.setdefault(key, {})
+            for stamp, text in item["values"]:
+                value = float(text)
+                if math.isfinite(value):
+                    points[round(float(stamp), 3)] = points.get(round(float(stamp), 3), 0.0) + value
+        return series
 
 
 async def _track(client: PrometheusClient, queries: QuerySet, at: datetime, with_fallbacks: bool) -> TrackNumbers:
@@ -92,10 +128,7 @@ async def _track(client: PrometheusClient, queries: QuerySet, at: datetime, with
     if requests is None or requests <= 0:
         return TrackNumbers(latency_p95_seconds=None)
     if fast is None:
-        raise AnalysisError(
-            "the router's latency histogram has no bucket at the latency objective; "
-            "set analysis.latencyObjective to one of its bucket bounds"
-        )
+        raise AnalysisError(_NO_OBJECTIVE_BUCKET)
     return TrackNumbers(
         requests=requests,
         errors=min(requests, errors or 0.0),
@@ -105,15 +138,28 @@ async def _track(client: PrometheusClient, queries: QuerySet, at: datetime, with
     )
 
 
+_NO_OBJECTIVE_BUCKET = (
+    "the router's latency histogram has no bucket at the latency objective; "
+    "set analysis.latencyObjective to one of its bucket bounds"
+)
+
+
 async def _none() -> None:
     return None
 
 
-def _revisions(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> dict[str, str | None]:
+def track_revisions(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> Revisions:
     """Without the router, a track's numbers are those of the revision it runs (the engine's own series)."""
     if spec.traffic.provider == "router":
         return {track: None for track in TRACKS}
     return {"canary": status.canary_revision or NO_REVISION, "stable": status.stable_revision or NO_REVISION}
+
+
+def stage_start(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> datetime | None:
+    """When the judged stretch began: the current phase, or the promotion for the bake window."""
+    if status.phase == RolloutPhase.BAKING and status.bake_until is not None:
+        return status.bake_until - spec.rollback.bake_window
+    return status.phase_started_at
 
 
 async def measure(
@@ -125,21 +171,21 @@ async def measure(
 ) -> Observation:
     """Everything the policy reads for one evaluation, except pod health (that comes from Kubernetes)."""
     interval = spec.analysis.interval
-    since = status.phase_started_at
+    since = stage_start(spec, status)
     phase_window = (now - since) if since is not None and now > since else interval
-    revisions = _revisions(spec, status)
+    revisions = track_revisions(spec, status)
     recent = {t: build_queries(spec.analysis, labels, t, interval, revision=revisions[t]) for t in TRACKS}
     phase = {t: build_queries(spec.analysis, labels, t, phase_window, revision=revisions[t]) for t in TRACKS}
+    judged = "stable" if status.phase == RolloutPhase.BAKING else "canary"
     # At a phase's first evaluation both windows render to the same PromQL range: ask once, use it twice.
     same_window = promql_range(phase_window) == promql_range(interval)
     try:
-        canary_recent, stable_recent, canary_phase, stable_phase, canary_samples, stable_samples = await asyncio.gather(
+        canary_recent, stable_recent, canary_phase, stable_phase, stretches = await asyncio.gather(
             _track(client, recent["canary"], now, True),
             _track(client, recent["stable"], now, False),
             _none() if same_window else _track(client, phase["canary"], now, True),
             _none() if same_window else _track(client, phase["stable"], now, False),
-            client.series(recent["canary"].latency_p95, now - phase_window, now, interval),
-            client.series(recent["stable"].latency_p95, now - phase_window, now, interval),
+            _stretches(client, spec, labels, judged, now - phase_window, now, revisions),
         )
     except AnalysisError as exc:
         return Observation(time=now, error=str(exc))
@@ -153,9 +199,144 @@ async def measure(
         stable_phase=stable_phase,
         recent_window=interval,
         phase_window=phase_window,
-        canary_p95_samples=tuple(canary_samples),
-        stable_p95_samples=tuple(stable_samples),
+        stretches=stretches.items,
+        stretch_intervals=stretches.stride,
     )
+
+
+@dataclass(frozen=True)
+class _Grid:
+    items: tuple[Stretch, ...]
+    stride: int
+
+
+async def _stretches(
+    client: PrometheusClient, spec: BacktestServiceSpec, labels: dict[str, str], judged: str,
+    since: datetime, now: datetime, revisions: Revisions,
+) -> _Grid:  # fmt: skip
+    """The judged track interval by interval since ``since``, plus the partial interval ending now.
+
+    Grid points sit at ``since + k * step`` (``step`` = the analysis interval, coarser only when the phase
+    is longer than ``MAX_POINTS`` intervals), so a boundary is the same instant at every look. The last,
+    partial stretch is the phase total minus the grid.
+    """
+    interval = spec.analysis.interval
+    intervals = int((now - since) / interval)
+    stride = grid_stride(intervals)
+    step = interval * stride
+    # One grid point adds nothing the total does not say: the first look of a phase asks less.
+    points = intervals // stride if intervals >= 2 else 0
+    analysis = spec.analysis
+    reference = judged != "stable"  # during the bake window there is no other track to compare with
+    grid_queries = build_queries(analysis, labels, judged, step, revision=revisions[judged])
+    stable_queries = build_queries(analysis, labels, "stable", step, revision=revisions["stable"])
+    total_queries = build_queries(analysis, labels, judged, now - since, revision=revisions[judged])
+    stable_total = build_queries(analysis, labels, "stable", now - since, revision=revisions["stable"])
+    first, last = since + step, since + step * points
+    with_fallbacks = judged == "canary"
+
+    async def grid(query: str, label: str | None = None) -> dict[str, Series]:
+        return await client.range_by(query, first, last, step, label) if points else {}
+
+    grids = asyncio.gather(
+        grid(grid_queries.requests),
+        grid(grid_queries.errors),
+        grid(grid_queries.fallbacks) if with_fallbacks else _empty(),
+        grid(grid_queries.latency_buckets, "le"),
+        grid(stable_queries.latency_buckets, "le") if reference else _empty(),
+    )
+    sums = asyncio.gather(
+        _track(client, total_queries, now, with_fallbacks),
+        client.instant_by(total_queries.latency_buckets, now, "le"),
+        client.instant_by(stable_total.latency_buckets, now, "le") if reference else _empty_values(),
+    )
+    (
+        (requests, errors, fallbacks, buckets, stable_buckets),
+        (totals, bucket_total, stable_bucket_total),
+    ) = await asyncio.gather(grids, sums)
+    objective = analysis.latency_objective.total_seconds()
+    items: list[Stretch] = []
+    for k in range(1, points + 1):
+        stamp = round((since + step * k).timestamp(), 3)
+        latency = _histogram({le: series.get(stamp, 0.0) for le, series in buckets.items()})
+        stable = _histogram({le: series.get(stamp, 0.0) for le, series in stable_buckets.items()})
+        items.append(
+            _stretch(
+                requests.get("", {}).get(stamp, 0.0), errors.get("", {}).get(stamp, 0.0),
+                fallbacks.get("", {}).get(stamp, 0.0), latency, stable, objective,
+            )
+        )  # fmt: skip
+    items.append(_remainder(items, totals, _histogram(bucket_total), _histogram(stable_bucket_total), objective))
+    return _Grid(tuple(items), stride)
+
+
+async def _empty() -> dict[str, Series]:
+    return {}
+
+
+async def _empty_values() -> dict[str, float]:
+    return {}
+
+
+def _histogram(by_le: Mapping[str, float]) -> Histogram | None:
+    """Bucket increases keyed by ``le`` as one histogram (None without any bucket)."""
+    finite = sorted((float(le), value) for le, value in by_le.items() if le not in ("+Inf", "Inf", ""))
+    if not finite:
+        return None
+    total = by_le.get("+Inf", finite[-1][1])
+    bounds = tuple(bound for bound, _ in finite)
+    counts: list[float] = []
+    for _, value in finite:
+        counts.append(max(value, counts[-1] if counts else 0.0))
+    return Histogram(bounds, tuple(counts), max(total, counts[-1]))
+
+
+def _slow(latency: Histogram | None, requests: float, objective: float) -> float:
+    if latency is None or latency.total <= 0:
+        return 0.0
+    if not any(math.isclose(bound, objective) for bound in latency.bounds):
+        raise AnalysisError(_NO_OBJECTIVE_BUCKET)
+    fast = next(c for b, c in zip(latency.bounds, latency.cumulative, strict=True) if math.isclose(b, objective))
+    return min(requests, max(0.0, latency.total - fast))
+
+
+def _reference(stable: Histogram | None) -> float | None:
+    if stable is None or stable.total < MIN_REFERENCE_REQUESTS:
+        return None
+    return stable.quantile(P95)
+
+
+def _stretch(
+    requests: float, errors: float, fallbacks: float, latency: Histogram | None, stable: Histogram | None,
+    objective: float,
+) -> Stretch:  # fmt: skip
+    requests = max(0.0, requests)
+    return Stretch(
+        requests=requests,
+        errors=min(requests, max(0.0, errors)),
+        fallbacks=min(requests, max(0.0, fallbacks)),
+        slow=_slow(latency, requests, objective),
+        latency=latency,
+        stable_p95_seconds=_reference(stable),
+    )
+
+
+def _remainder(
+    grid: list[Stretch], total: TrackNumbers, latency: Histogram | None, stable: Histogram | None, objective: float
+) -> Stretch:
+    """The partial stretch since the last grid point: the phase total minus the grid, never negative.
+
+    Its stable reference is stable's p95 over the whole phase (the partial stretch may be too short for
+    one of its own, and stable is the steady side).
+    """
+    requests = total.requests - sum(s.requests for s in grid)
+    errors = total.errors - sum(s.errors for s in grid)
+    fallbacks = total.fallbacks - sum(s.fallbacks for s in grid)
+    if latency is not None:
+        for stretch in grid:
+            if stretch.latency is not None and stretch.latency.bounds == latency.bounds:
+                latency = latency.minus(stretch.latency)
+    return _stretch(requests, errors, fallbacks, latency, stable, objective)
 
 
 def with_pod_health(

@@ -30,6 +30,9 @@ DEFAULT_TEMPLATES = {
         "histogram_quantile(0.95, sum by (le) (rate(backtest_router_request_duration_seconds_bucket"
         '{{{selector}track="{track}"}}[{window}])))'
     ),
+    "latency_buckets": (
+        'sum by (le) (increase(backtest_router_request_duration_seconds_bucket{{{selector}track="{track}"}}[{window}]))'
+    ),
 }
 
 
@@ -46,6 +49,10 @@ ENGINE_TEMPLATES = {
     "latency_p95": (
         "histogram_quantile(0.95, sum by (le) (rate(backtest_engine_http_request_duration_seconds_bucket"
         f"{{{{{{selector}}{_API}}}}}[{{window}}])))"
+    ),
+    "latency_buckets": (
+        f"sum by (le) (increase(backtest_engine_http_request_duration_seconds_bucket{{{{{{selector}}{_API}}}}}"
+        "[{window}]))"
     ),
 }
 """Revision-keyed defaults over the engine's series, for rollouts without the router (there are no
@@ -76,15 +83,26 @@ def bucket_matcher(objective: timedelta) -> str:
     return "|".join(sorted(form.replace(".", "\\\\.") for form in forms))
 
 
+MAX_POINTS = 10_000
+"""Points per series a range query may ask for: Prometheus refuses more than 11,000 ("exceeded maximum
+resolution"), which would turn a long pause or hold into analysis errors and a rollback."""
+
+
+def grid_stride(intervals: int) -> int:
+    """How many analysis intervals one range-query step spans, so that ``intervals`` fit ``MAX_POINTS``."""
+    return max(1, -(-intervals // MAX_POINTS))
+
+
 @dataclass(frozen=True)
 class QuerySet:
-    """The five queries of one evaluation window for one track."""
+    """The queries of one evaluation window for one track."""
 
     requests: str
     errors: str
     fallbacks: str
     fast: str
     latency_p95: str
+    latency_buckets: str
 
 
 def build_queries(

@@ -23,8 +23,10 @@ from backtest_operator.analysis import Observation
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus, RolloutPhase
 from backtest_operator.capacity import DataPlane
 from backtest_operator.controls import Controls
+from backtest_operator.credentials import with_storage_status
 from backtest_operator.desired import desired_manifests
 from backtest_operator.errors import InvalidSpec
+from backtest_operator.generated_secrets import ensure_credentials
 from backtest_operator.kube import Cluster, RevisionHealth, merge_patch
 from backtest_operator.policy import Action, Decision, Event, decide
 from backtest_operator.prometheus import PrometheusClient, measure, with_pod_health
@@ -98,12 +100,13 @@ class Reconciler:
             controls=Controls.from_annotations(body["metadata"].get("annotations")),
             plane=plane,
         )  # fmt: skip
-        scaled = decision.status.evolve(replicas=sum(h.pods for h in health.values()), selector=engine_selector(owner))
-        decision = replace(decision, status=scaled)
-        wrote = await self._persist(owner, body.get("status") or {}, decision.status)
+        status = with_storage_status(owner.name, spec, decision.status)
+        status = status.evolve(replicas=sum(h.pods for h in health.values()), selector=engine_selector(owner))
+        decision = replace(decision, status=status)
+        wrote = await self._persist(owner, body.get("status") or {}, status)
         for event in decision.events:
             self.post_event(body, event)
-        applied, yielded = await self._apply(owner, spec, decision.status, now, deployments)
+        applied, yielded = await self._apply(owner, spec, status, now, deployments)
         for note in yielded:
             if note not in self._yielded.get((owner.namespace, owner.name), set()):
                 self.post_event(body, Event("Warning", "ReplicasManagedElsewhere", note))
@@ -116,7 +119,10 @@ class Reconciler:
                 decision.action.value, decision.status.phase.value, decision.status.step_name,
                 decision.status.canary_weight, decision.reason,
             )  # fmt: skip
-        return Pass(decision, wrote, applied, next_pass(spec, decision.status))
+        # Evaluations start one interval apart (not one interval after the previous pass ended), so that a
+        # slow pass does not stretch the analysis interval the detection times are promised in.
+        elapsed = timedelta(seconds=time.perf_counter() - started)
+        return Pass(decision, wrote, applied, max(timedelta(0), next_pass(spec, decision.status) - elapsed))
 
     async def _observe(
         self, owner: Owner, spec: BacktestServiceSpec, status: BacktestServiceStatus,
@@ -174,6 +180,7 @@ class Reconciler:
         last = self._applied.get(key)
         if last is not None and last[0] == digest and now.timestamp() - last[1] < REAPPLY.total_seconds():
             return False, sorted(self._yielded.get(key, set()))
+        await ensure_credentials(self.cluster.core, owner, spec, status)  # before pods that reference it
         yielded = await self.cluster.apply(manifests, deployments)
         await self.cluster.prune_engine_deployments(owner, _engine_deployments(manifests))
         self._applied[key] = (digest, now.timestamp())

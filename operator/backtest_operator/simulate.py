@@ -4,6 +4,9 @@ The replay treats the manifest's image as a new revision replacing a stable one,
 first timestamp with the canary ready, and evaluates the policy at the end of every sampling interval of
 the recording. The counts are taken as observed (they are not rescaled by the policy's weights). It ends
 at promotion, at rollback, or when the data ends ("in_progress").
+
+A corpus (several recordings, or a directory of them) is replayed one recording after the other; each
+gives one outcome line, and a summary counts the outcomes and the detection times (``summarize``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from backtest_operator.analysis import Observation, error_rate, fallback_rate, success_rate
+from backtest_operator.analysis import Observation, Stretch, error_rate, fallback_rate, success_rate
 from backtest_operator.api import (
     BacktestService,
     BacktestServiceSpec,
@@ -26,6 +29,7 @@ from backtest_operator.api import (
     TrackNumbers,
 )
 from backtest_operator.errors import InvalidSpec
+from backtest_operator.histograms import MIN_REFERENCE_REQUESTS, P95, Histogram
 from backtest_operator.policy import Action, Decision, decide
 from backtest_operator.recordings import Interval
 
@@ -65,18 +69,51 @@ class Outcome:
     phase: str | None
     time: datetime
     reason: str
+    check: str | None = None
+    started: datetime | None = None
+    """When the canary started taking traffic (the first timestamp of the recording)."""
+
+    @property
+    def seconds(self) -> float | None:
+        """Seconds from the canary's first traffic to this outcome."""
+        return (self.time - self.started).total_seconds() if self.started is not None else None
 
 
-def _sum(tracks: Sequence[TrackNumbers]) -> TrackNumbers:
-    """Counts add up; p95 over several intervals is approximated by their request-weighted mean."""
+def _sum(tracks: Sequence[TrackNumbers], histograms: Sequence[Histogram | None] = ()) -> TrackNumbers:
+    """Counts add up; the p95 of several intervals comes from their summed histograms when the recording has
+    them, else it is approximated by the request-weighted mean of their p95s."""
     weighted = [(t.requests, t.latency_p95_seconds) for t in tracks if t.latency_p95_seconds is not None]
     total_weight = sum(w for w, _ in weighted)
+    p95 = (sum(w * v for w, v in weighted) / total_weight) if total_weight else None
+    known = [h for h in histograms if h is not None]
+    if known and len(known) == len(histograms) and all(h.bounds == known[0].bounds for h in known):
+        summed = Histogram(
+            known[0].bounds,
+            tuple(sum(values) for values in zip(*(h.cumulative for h in known), strict=True)),
+            sum(h.total for h in known),
+        )
+        p95 = summed.quantile(P95)
     return TrackNumbers(
         requests=sum(t.requests for t in tracks),
         errors=sum(t.errors for t in tracks),
         fallbacks=sum(t.fallbacks for t in tracks),
         slow=sum(t.slow for t in tracks),
-        latency_p95_seconds=(sum(w * v for w, v in weighted) / total_weight) if total_weight else None,
+        latency_p95_seconds=p95,
+    )
+
+
+def _stretch(interval: Interval) -> Stretch:
+    """One recorded interval as a stretch of the canary, with stable's p95 as its latency reference."""
+    canary, stable = interval.track("canary"), interval.track("stable")
+    reference = interval.latency.get("stable")
+    stable_p95 = reference.quantile(P95) if reference is not None else stable.latency_p95_seconds
+    return Stretch(
+        requests=canary.requests,
+        errors=canary.errors,
+        fallbacks=canary.fallbacks,
+        slow=canary.slow,
+        latency=interval.latency.get("canary"),
+        stable_p95_seconds=stable_p95 if stable.requests >= MIN_REFERENCE_REQUESTS else None,
     )
 
 
@@ -84,21 +121,15 @@ def _observe(intervals: Sequence[Interval], index: int, now: datetime, status: B
     current = intervals[index]
     since = status.phase_started_at or current.time
     in_phase = [i for i in intervals[: index + 1] if i.time >= since]
-
-    def samples(track: str) -> tuple[float, ...]:
-        values = (i.track(track) for i in in_phase)
-        return tuple(v.latency_p95_seconds for v in values if v.requests > 0 and v.latency_p95_seconds is not None)
-
     return Observation(
         time=now,
         canary_recent=current.track("canary"),
         stable_recent=current.track("stable"),
-        canary_phase=_sum([i.track("canary") for i in in_phase]),
-        stable_phase=_sum([i.track("stable") for i in in_phase]),
+        canary_phase=_sum([i.track("canary") for i in in_phase], [i.latency.get("canary") for i in in_phase]),
+        stable_phase=_sum([i.track("stable") for i in in_phase], [i.latency.get("stable") for i in in_phase]),
         recent_window=now - current.time,
         phase_window=now - since,
-        canary_p95_samples=samples("canary"),
-        stable_p95_samples=samples("stable"),
+        stretches=tuple(_stretch(i) for i in in_phase),
         canary_unhealthy_pods=current.unhealthy_pods,
     )
 
@@ -126,12 +157,12 @@ def replay(spec: BacktestServiceSpec, intervals: Sequence[Interval]) -> Iterator
         yield Evaluation(end, decision, obs.canary_phase, obs.stable_phase)
         if decision.action in (Action.PROMOTE, Action.ROLLBACK):
             kind = "promoted" if decision.action == Action.PROMOTE else "rolled_back"
-            phase = status.history[0].phase if status.history else None
-            yield Outcome(kind, phase, end, decision.reason)
+            entry = status.history[0] if status.history else None
+            yield Outcome(kind, entry.phase if entry else None, end, decision.reason, entry.check if entry else None,
+                          start)  # fmt: skip
             return
-    yield Outcome(
-        "in_progress", status.step_name, status.last_analysis.time if status.last_analysis else start, status.message
-    )
+    last = status.last_analysis.time if status.last_analysis else start
+    yield Outcome("in_progress", status.step_name, last, status.message, None, start)
 
 
 def _rates(track: TrackNumbers) -> dict[str, Any]:
@@ -147,7 +178,10 @@ def _rates(track: TrackNumbers) -> dict[str, Any]:
 def as_json(item: Evaluation | Outcome) -> dict[str, Any]:
     """The simulator's JSON line for one evaluation or for the outcome."""
     if isinstance(item, Outcome):
-        return {"outcome": item.outcome, "phase": item.phase, "time": item.time.isoformat(), "reason": item.reason}
+        return {
+            "outcome": item.outcome, "phase": item.phase, "time": item.time.isoformat(), "reason": item.reason,
+            "check": item.check,
+        }  # fmt: skip
     status = item.decision.status
     analysis = status.last_analysis
     return {
@@ -185,3 +219,56 @@ def as_table_row(item: Evaluation | Outcome) -> str:
 
 
 TABLE_HEADER = f"{'time':<19}  {'phase':<11} {'weight':>4}  {'verdict':<12} {'action':<9} reason"
+
+
+def outcome_line(recording: str, outcome: Outcome) -> dict[str, Any]:
+    """The corpus line of one recording: where it ended, when, why, and how long after the canary started."""
+    return {
+        "recording": recording,
+        "outcome": outcome.outcome,
+        "phase": outcome.phase,
+        "time": outcome.time.isoformat(),
+        "seconds": outcome.seconds,
+        "check": outcome.check,
+        "reason": outcome.reason,
+    }
+
+
+def summarize(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+    """Counts per outcome, and the distribution of seconds to a rollback and to a promotion."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+    summary: dict[str, Any] = {"recordings": len(outcomes), "outcomes": counts}
+    for kind, key in (("rolled_back", "detection_seconds"), ("promoted", "promotion_seconds")):
+        seconds = sorted(o.seconds for o in outcomes if o.outcome == kind and o.seconds is not None)
+        if seconds:
+            summary[key] = {
+                "min": seconds[0],
+                "median": _percentile(seconds, 0.5),
+                "p90": _percentile(seconds, 0.9),
+                "max": seconds[-1],
+            }
+    checks: dict[str, int] = {}
+    for outcome in outcomes:
+        if outcome.check:
+            checks[outcome.check] = checks.get(outcome.check, 0) + 1
+    if checks:
+        summary["checks"] = checks
+    return summary
+
+
+def _percentile(values: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    rank = max(1, -(-len(values) * share // 1))
+    return values[int(rank) - 1]
+
+
+def corpus_row(line: dict[str, Any]) -> str:
+    seconds = "-" if line["seconds"] is None else f"{line['seconds']:.0f}s"
+    return (
+        f"{line['outcome']:<12} {line['phase'] or '-':<11} {seconds:>7}  {line['check'] or '-':<22} {line['recording']}"
+    )
+
+
+CORPUS_HEADER = f"{'outcome':<12} {'phase':<11} {'after':>7}  {'check':<22} recording"

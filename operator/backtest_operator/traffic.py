@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
+from backtest_operator.credentials import router_env
 from backtest_operator.workloads import (
     ENGINE_PORT,
     LABEL_COMPONENT,
@@ -114,6 +115,9 @@ def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: Worklo
         *router_settings(spec),
         "--host", "0.0.0.0", "--port", str(ENGINE_PORT),
     ]  # fmt: skip
+    shadow = spec.traffic.shadow
+    if shadow.fraction > 0:  # absent when off, so enabling it later is the only change to existing routers
+        args += ["--shadow-fraction", f"{shadow.fraction:g}", "--shadow-max-in-flight", str(shadow.max_in_flight)]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -131,10 +135,11 @@ def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: Worklo
                             "name": "router",
                             "image": spec.traffic.router_image or defaults.router_image,
                             "args": args,
+                            "env": router_env(owner.name),  # the proxy token engines trust X-Forwarded-For with
                             "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
                             "resources": {
                                 "requests": {"cpu": "100m", "memory": "128Mi"},
-                                "limits": {"memory": "512Mi"},
+                                "limits": {"cpu": "1", "memory": "512Mi"},
                             },
                             "securityContext": RESTRICTED_CONTAINER,
                             "livenessProbe": {"httpGet": {"path": "/router/health", "port": "http"}},

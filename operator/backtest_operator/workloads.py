@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from backtest_operator import credentials
 from backtest_operator.api import (
     API_VERSION,
     KIND,
@@ -92,10 +93,10 @@ RESTRICTED_CONTAINER = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001}
-DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
 
 
-def engine_env(pod: PodSettings, revision: str) -> list[Manifest]:
+def engine_env(pod: PodSettings, revision: str, service: str = "") -> list[Manifest]:
     """Environment of an engine container: the engine settings, then the user's extra variables.
 
     The track is deliberately absent: a revision changes track at promotion, and anything in the pod
@@ -109,19 +110,15 @@ def engine_env(pod: PodSettings, revision: str) -> list[Manifest]:
         {"name": "ENGINE_CACHE_SIZE", "value": str(engine.cache_size)},
         {"name": "ENGINE_LOG_LEVEL", "value": engine.log_level},
     ]
-    if engine.database_url_secret is not None:
-        ref = {"name": engine.database_url_secret.name, "key": engine.database_url_secret.key}
-        env.append({"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": ref}})
-    else:
-        env.append({"name": "DATABASE_URL", "value": "sqlite:////data/results.db"})
-    if engine.api_keys_secret is not None:
-        ref = {"name": engine.api_keys_secret.name, "key": engine.api_keys_secret.key}
-        env.append({"name": "ENGINE_API_KEYS", "valueFrom": {"secretKeyRef": ref}})
+    env += credentials.database_env(service, pod)  # shared PostgreSQL by default (credentials.py)
+    env += credentials.engine_access_env(service, pod)  # auth on by default, proxy token, shutdown budget
     faults = engine.fault_injection
     if faults.error_rate > 0:
         env.append({"name": "ENGINE_FAULT_ERROR_RATE", "value": f"{faults.error_rate:g}"})
     if faults.added_latency.total_seconds() > 0:
         env.append({"name": "ENGINE_FAULT_LATENCY_SECONDS", "value": f"{faults.added_latency.total_seconds():g}"})
+    if faults.result_bias != 0:
+        env.append({"name": "ENGINE_FAULT_RESULT_BIAS", "value": f"{faults.result_bias:g}"})
     return [*env, *pod.env]
 
 
@@ -133,13 +130,14 @@ def engine_deployment(owner: Owner, pod: PodSettings, revision: str, track: str,
     template_spec: Manifest = {
         "securityContext": RESTRICTED_POD,
         "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": credentials.grace_period_seconds(pod),
         "containers": [
             {
                 "name": "engine",
                 "image": pod.image,
                 "args": ["backtest-engine", "serve", "--host", "0.0.0.0", "--port", str(ENGINE_PORT)],
                 "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
-                "env": engine_env(pod, revision),
+                "env": engine_env(pod, revision, owner.name),
                 "resources": pod.resources or DEFAULT_RESOURCES,
                 "securityContext": RESTRICTED_CONTAINER,
                 "livenessProbe": {"httpGet": {"path": "/api/v1/health", "port": probe_port}, "periodSeconds": 10},

@@ -11,15 +11,20 @@ ClusterRole the chart ships (its rules: ``charts/backtest-operator/files/operato
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -27,11 +32,16 @@ from backtest_devtools import processes
 from backtest_devtools.chart import operator_cluster_role
 from backtest_devtools.kubeconfig import service_account_kubeconfig
 from backtest_devtools.prometheus import PrometheusServer, ScrapeJob
-from backtest_devtools.stack import Stack, free_port
+from backtest_devtools.stack import Stack, Traffic, free_port
+from backtest_operator.api.durations import parse_duration
 
 GROUP, VERSION, PLURAL = "backtest.dev", "v1alpha1", "backtestservices"
 ROOT = Path(__file__).parents[2]
 NAME = "quant"
+SCRAPE_SECONDS = 1.0
+"""Scrape interval of the e2e Prometheus (the `prometheus` fixture's)."""
+ARTIFACTS = Path(os.environ.get("BACKTEST_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+"""Where a failing e2e test leaves its status, events, logs and router state (CI keeps this folder)."""
 
 
 def fast_spec(prometheus_url: str, image: str = "backtest-engine:1.0.0", **overrides: Any) -> dict[str, Any]:
@@ -44,7 +54,6 @@ def fast_spec(prometheus_url: str, image: str = "backtest-engine:1.0.0", **overr
             "interval": "4s",
             "minRequests": 20,
             "latencyObjective": "0.5s",
-            "comparison": {"minLatencySamples": 3},
         },
         "phases": [
             {"name": "canary", "weight": 10, "duration": "8s"},
@@ -62,6 +71,64 @@ def fast_spec(prometheus_url: str, image: str = "backtest-engine:1.0.0", **overr
     return spec
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Deadlines derived from the spec under test, so that every wait says how long it may take and why.
+
+    Bounds the product promises (detection within one interval plus one scrape) are checked from the
+    operator's own timestamps in status; the deadlines here only decide how long a test keeps looking
+    before it fails, and are generous because a busy machine delays processes, never the operator's clock.
+    """
+
+    interval: float
+    phases: tuple[float, ...]
+    scrape: float = SCRAPE_SECONDS
+    slack: float = 30.0
+    """Seconds added to every deadline for process start-up and scheduling delays on a loaded machine."""
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> Timing:
+        analysis = spec.get("analysis", {})
+        return cls(
+            interval=parse_duration(analysis.get("interval", "30s")).total_seconds(),
+            phases=tuple(parse_duration(p["duration"]).total_seconds() for p in spec["phases"]),
+        )
+
+    def evaluations(self, count: int) -> float:
+        """Deadline for something the operator does within ``count`` evaluations."""
+        return count * self.interval + self.scrape + self.slack
+
+    def rollout(self) -> float:
+        """Deadline for a whole rollout: every phase, two evaluations of slack each, and the bake window."""
+        return sum(self.phases) + 2 * len(self.phases) * self.interval + self.evaluations(2)
+
+    @property
+    def detection_bound(self) -> float:
+        """The product's promise for a clear fault: within one interval plus one scrape interval."""
+        return self.interval + self.scrape
+
+
+EVIDENCE = {
+    "errors": {"error_rate_trigger", "error_rate", "error_rate_vs_stable", "success_rate"},
+    "slowness": {"latency_trigger", "latency_vs_stable", "slow_rate_vs_stable", "success_rate"},
+    "fallbacks": {
+        "fallback_rate_trigger",
+        "latency_trigger",
+        "latency_vs_stable",
+        "slow_rate_vs_stable",
+        "success_rate",
+    },
+}
+"""Checks that count as evidence of a fault class. A test asserts the class it provoked, never one check:
+which of several failing checks is reported follows the documented precedence (docs/rollout-policy.md),
+and a canary failing 15% of requests fails its success rate as surely as its error rate."""
+
+
+def seconds_between(earlier: str, later: str) -> float:
+    """Seconds between two RFC 3339 timestamps the operator wrote."""
+    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds()
+
+
 class Lab:
     def __init__(
         self, cluster: Any, k8s_api: Any, namespace: str, start_prometheus: Callable[[list[ScrapeJob]], Any],
@@ -76,8 +143,11 @@ class Lab:
             [ScrapeJob("router", (f"127.0.0.1:{self.router_port}",), labels={"namespace": namespace, "service": NAME})]
         )
         self.operator: processes.Managed | None = None
+        self.router: processes.Managed | None = None
         self.operator_metrics = ""
         self.operator_kubeconfig = self._operator_identity()
+        self.traffic: Traffic | None = None
+        self.timing = Timing.of(fast_spec(""))
 
     # processes -------------------------------------------------------------------------------------
     def start_engine(self, track: str, **faults: str) -> str:
@@ -87,8 +157,8 @@ class Lab:
         return f"http://127.0.0.1:{port}"
 
     def start_router(self, stable: str, canary: str) -> str:
-        self.stack.router(stable, canary, f"{self.namespace}/{NAME}-weight", self.router_port,
-                          self.cluster.kubeconfig, objective_seconds=0.5)  # fmt: skip
+        self.router = self.stack.router(stable, canary, f"{self.namespace}/{NAME}-weight", self.router_port,
+                                        self.cluster.kubeconfig, objective_seconds=0.5)  # fmt: skip
         self.prometheus.wait_for_targets()
         return f"http://127.0.0.1:{self.router_port}"
 
@@ -149,6 +219,7 @@ class Lab:
 
     # the BacktestService ---------------------------------------------------------------------------
     def apply(self, spec: dict[str, Any]) -> None:
+        self.timing = Timing.of(spec)
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "BacktestService", "metadata": {"name": NAME}, "spec": spec}
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 
@@ -162,6 +233,7 @@ class Lab:
         return self.get().get("status") or {}
 
     def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+        """Poll status until ``predicate`` holds; fail naming what was awaited, for how long, and the state."""
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -169,8 +241,18 @@ class Lab:
             if predicate(status):
                 return status
             time.sleep(0.2)
-        pytest.fail(f"{what} not reached within {timeout:.0f}s; status: {status.get('phase')} "
-                    f"{status.get('stepName')} {status.get('message')} (logs: {self.workdir / 'logs'})")  # fmt: skip
+        where = f"{status.get('phase')} {status.get('stepName')} weight {status.get('canaryWeight')}"
+        pytest.fail(f"waited {timeout:.0f}s for {what}; status is {where}: {status.get('message')}")
+
+    def wait_router_weight(self, weight: int, timeout: float) -> None:
+        """The data plane follows the operator's decision through the ConfigMap watch: wait for it."""
+        deadline = time.monotonic() + timeout
+        applied = self.router_weight()
+        while applied != weight:
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited {timeout:.0f}s for the router to apply weight {weight}; it applies {applied}")
+            time.sleep(0.1)
+            applied = self.router_weight()
 
     def events(self) -> list[Any]:
         return self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={NAME}").items
@@ -185,9 +267,68 @@ class Lab:
                 found[key[len(name) :]] = float(value)
         return found
 
+    def router_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.router_port}/router/state", timeout=5.0).json()
+        return state
+
     def router_weight(self) -> int:
-        state = httpx.get(f"http://127.0.0.1:{self.router_port}/router/state", timeout=2.0).json()
-        return int(state["weight"])
+        return int(self.router_state()["weight"])
+
+    # diagnostics -----------------------------------------------------------------------------------
+    def diagnose(self, test_name: str) -> str:
+        """Everything needed to understand a failed rollout test, written to ARTIFACTS/<test> and returned
+        as text for the test report: status, events, the router's state, and the tails of the logs."""
+        folder = ARTIFACTS / test_name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        parts: list[str] = []
+
+        def section(title: str, text: str, file: str) -> None:
+            (folder / file).write_text(text)
+            parts.append(f"----- {title} ({folder / file}) -----\n{text}")
+
+        section(
+            "BacktestService", _safely(lambda: yaml.safe_dump(_readable(self.get()), sort_keys=False)), "object.yaml"
+        )
+        section("events", _safely(self._event_lines), "events.txt")
+        section("router state", _safely(lambda: json.dumps(self.router_state(), indent=2)), "router-state.json")
+        if self.traffic is not None:
+            section("client traffic", self.traffic.summary(), "traffic.txt")
+        logs = self.workdir / "logs"
+        for log in sorted(logs.glob("*.log")) if logs.exists() else []:
+            shutil.copy(log, folder / log.name)
+            if log.stem in ("operator", "router"):
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+                parts.append(f"----- last lines of {log.name} ({folder / log.name}) -----\n{tail}")
+        return "\n".join(parts)
+
+    def _event_lines(self) -> str:
+        events = self.core.list_namespaced_event(self.namespace).items
+        events.sort(key=lambda e: str(e.event_time or e.last_timestamp or e.first_timestamp or ""))
+        return "\n".join(
+            f"{e.last_timestamp or e.event_time} {e.type} {e.involved_object.kind}/{e.involved_object.name} "
+            f"{e.reason} x{e.count or 1}: {e.message}"
+            for e in events
+        )
+
+
+def _readable(body: dict[str, Any]) -> dict[str, Any]:
+    """The object without the bookkeeping that buries its status: managed fields and kopf's annotations."""
+    metadata = dict(body.get("metadata", {}))
+    metadata.pop("managedFields", None)
+    metadata["annotations"] = {
+        key: value for key, value in (metadata.get("annotations") or {}).items() if "kopf" not in key
+        and not key.endswith("last-handled-configuration")
+    }  # fmt: skip
+    return {**body, "metadata": metadata}
+
+
+def _safely(read: Callable[[], str]) -> str:
+    """A diagnostic that could not be read says why instead of hiding the test's own failure."""
+    try:
+        return read()
+    except Exception as error:  # any failure here is reported, never raised
+        return f"(could not be read: {error!r})"
 
 
 @contextlib.contextmanager

@@ -1,130 +1,212 @@
-"""Whole rollouts: operator process, real API server, real Prometheus, real engine and router processes."""
+"""Whole rollouts: operator process, real API server, real Prometheus, real engine and router processes.
+
+Every wait has a deadline derived from the spec under test (``lab.timing``) and says what it waited for;
+timing bounds are computed from the operator's own timestamps in status, not from this test's clock.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 import time
+from datetime import datetime
 
 import pytest
 from kubernetes import client as k8s
 
 from backtest_devtools.stack import Traffic, strategies_request
 
-from .lab import NAME, Lab, fast_spec, lab
+from .lab import EVIDENCE, NAME, Lab, fast_spec, seconds_between
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster, pytest.mark.prometheus]
 
-
-@pytest.fixture
-def rollout_lab(cluster, k8s_api, namespace, crd_installed, prometheus, tmp_path):
-    with lab(cluster, k8s_api, namespace, prometheus, tmp_path) as built:
-        yield built
+STARTUP = 90.0
+"""Deadline for processes to start and the first revision to become healthy on a loaded machine."""
 
 
 def _healthy(status):
     return status.get("phase") == "Healthy"
 
 
-def start_release(rollout_lab: Lab, traffic_rate: float = 60.0, **spec_overrides):
+def _promoted(status):
+    return bool(status.get("history")) and status["history"][0]["outcome"] == "promoted"
+
+
+def start_release(rollout_lab: Lab, traffic_rate: float = 60.0, **spec_overrides) -> Traffic | None:
     """Engines and router up, the operator running, v1 healthy, steady traffic flowing; then v2 applied."""
-    stable, canary = rollout_lab.start_engine("stable"), rollout_lab.start_engine("canary", **spec_overrides.pop(
-        "canary_faults", {}))  # fmt: skip
+    canary_faults = spec_overrides.pop("canary_faults", {})
+    stable, canary = rollout_lab.start_engine("stable"), rollout_lab.start_engine("canary", **canary_faults)
     router = rollout_lab.start_router(stable, canary)
     rollout_lab.start_operator()
     rollout_lab.apply(fast_spec(rollout_lab.prometheus.url, **spec_overrides))
-    rollout_lab.wait(_healthy, 60, "first revision healthy")
-    traffic = Traffic(strategies_request(router), traffic_rate).start() if traffic_rate else None
+    rollout_lab.wait(_healthy, STARTUP, "the first revision to become healthy")
+    if traffic_rate:
+        rollout_lab.traffic = Traffic(strategies_request(router), traffic_rate).start()
     rollout_lab.patch({"spec": {"image": "backtest-engine:2.0.0"}})
-    return traffic
+    return rollout_lab.traffic
+
+
+def canary_taking_traffic(rollout_lab: Lab) -> dict:
+    """Wait for the first phase's weight, confirmed: its status carries the phase clock's start."""
+    return rollout_lab.wait(
+        lambda s: s.get("canaryWeight", 0) > 0 and s.get("phaseStartedAt"),
+        rollout_lab.timing.evaluations(3) + STARTUP,
+        "the canary's first phase",
+    )
+
+
+def stop_traffic(traffic: Traffic | None, *, expect_errors: bool = False) -> None:
+    """Traffic that never flowed, or that clients saw fail, must not let a rollout test pass."""
+    assert traffic is not None
+    traffic.stop()
+    assert traffic.sent > 0, "no request was sent"
+    if not expect_errors:
+        assert traffic.client_errors == 0, traffic.summary()
+
+
+def phase_weights_from_events(rollout_lab: Lab) -> list[int]:
+    """The weight of every phase the operator started, in order, from its PhaseStarted events."""
+    events = [e for e in rollout_lab.events() if e.reason == "PhaseStarted"]
+    events.sort(key=lambda e: (e.metadata.creation_timestamp, e.metadata.name))
+    return [int(re.search(r"(\d+)% of traffic", e.message).group(1)) for e in events]
 
 
 def test_healthy_release_walks_every_phase_and_is_promoted(rollout_lab):
     traffic = start_release(rollout_lab)
-    seen_weights: list[int] = []
-
-    def promoted(status):
-        weight = status.get("canaryWeight", 0)
-        if not seen_weights or seen_weights[-1] != weight:
-            seen_weights.append(weight)
-        return bool(status.get("history")) and status["history"][0]["outcome"] == "promoted"
-
-    status = rollout_lab.wait(promoted, 120, "promotion")
-    traffic.stop()
-    assert [w for w in seen_weights if w] == [10, 25, 50, 100]
+    status = rollout_lab.wait(_promoted, rollout_lab.timing.rollout() + STARTUP, "promotion")
+    assert phase_weights_from_events(rollout_lab) == [10, 25, 50, 100]
     assert status["phase"] in ("Baking", "Healthy")
-    final = rollout_lab.wait(_healthy, 30, "bake window over")
+    final = rollout_lab.wait(_healthy, rollout_lab.timing.evaluations(3), "the end of the bake window")
+    stop_traffic(traffic)
     assert final["stableRevision"] == final["history"][0]["revision"]
     reasons = [e.reason for e in rollout_lab.events()]
     for reason in ("RolloutStarted", "PhaseStarted", "Promoted", "BakeComplete"):
         assert reason in reasons
-    assert traffic.client_errors == 0
     assert rollout_lab.operator_series("backtest_operator_promotions_total") == {"": 1.0}
     phases = rollout_lab.operator_series("backtest_operator_rollout_phase")
     assert phases[f'{{name="{NAME}",namespace="{rollout_lab.namespace}",phase="Healthy"}}'] == 1.0
 
 
-def test_release_with_errors_is_rolled_back_within_an_interval_when_canary_fails_15_percent(rollout_lab):
-    traffic = start_release(rollout_lab, canary_faults={"ENGINE_FAULT_ERROR_RATE": "0.15"})
-    first = rollout_lab.wait(lambda s: s.get("canaryWeight", 0) > 0, 60, "canary taking traffic")
-    errors_from = time.monotonic()
-    status = rollout_lab.wait(lambda s: s.get("phase") == "Degraded", 60, "automatic rollback")
-    detection = time.monotonic() - errors_from
-    traffic.stop()
+ERROR_TEST_RATE = 200.0
+"""Requests per second in the error-rate test: at 10% weight the first evaluation after the canary takes
+traffic sees about 60 canary requests, enough evidence that 15% errors are above the phase's 2% limit
+(docs/rollout-policy.md, "How fast a fault is found"); 60 req/s would need three evaluations."""
+
+
+def _rolled_back_by(
+    rollout_lab: Lab, faults: dict[str, str], evidence: str, traffic_rate: float = 60.0, **spec
+) -> float:
+    """Start a faulty release; return the seconds from the canary's first phase starting to the rollback,
+    both as the operator recorded them."""
+    traffic = start_release(rollout_lab, traffic_rate, canary_faults=faults, **spec)
+    first = canary_taking_traffic(rollout_lab)
+    status = rollout_lab.wait(
+        lambda s: s.get("phase") == "Degraded", rollout_lab.timing.rollout(), "the automatic rollback"
+    )
     entry = status["history"][0]
-    assert entry["outcome"] == "rolled_back"
-    assert entry["check"] in ("error_rate_trigger", "error_rate")
+    assert entry["outcome"] == "rolled_back", entry
+    assert entry["check"] in EVIDENCE[evidence], entry["reason"]
     assert status["canaryWeight"] == 0
-    assert rollout_lab.router_weight() == 0
-    print(f"\ndetection latency: {detection:.1f}s (interval 4s, scrape 1s); phase {first.get('stepName')}")
-    assert detection < 20
+    rollout_lab.wait_router_weight(0, rollout_lab.timing.evaluations(1))
+    stop_traffic(traffic)
+    detection = seconds_between(first["phaseStartedAt"], entry["finishedAt"])
+    print(f"\ndetection {detection:.1f}s after the canary took traffic ({entry['check']}: {entry['reason']})")
+    return detection
+
+
+def test_release_with_errors_is_rolled_back_within_an_interval_when_canary_fails_15_percent(rollout_lab):
+    detection = _rolled_back_by(rollout_lab, {"ENGINE_FAULT_ERROR_RATE": "0.15"}, "errors", ERROR_TEST_RATE)
+    assert detection <= rollout_lab.timing.detection_bound, f"{detection:.1f}s"
+
+
+def test_release_whose_canary_times_out_is_rolled_back_on_fallback_rate(rollout_lab):
+    detection = _rolled_back_by(rollout_lab, {"ENGINE_FAULT_LATENCY_SECONDS": "1.5"}, "fallbacks")
+    assert detection <= 2 * rollout_lab.timing.interval + rollout_lab.timing.scrape, f"{detection:.1f}s"
+
+
+def test_release_with_slower_canary_is_rolled_back_on_latency_regression(rollout_lab):
+    detection = _rolled_back_by(rollout_lab, {"ENGINE_FAULT_LATENCY_SECONDS": "0.45"}, "slowness")
+    assert detection <= 2 * rollout_lab.timing.interval + rollout_lab.timing.scrape, f"{detection:.1f}s"
+
+
+def test_release_ending_a_phase_below_its_thresholds_is_rolled_back_at_phase_end(rollout_lab):
+    _rolled_back_by(
+        rollout_lab, {"ENGINE_FAULT_ERROR_RATE": "0.10"}, "errors",
+        rollback={"maxErrorRate": 0.5, "minRequests": 5, "bakeWindow": "4s"},
+    )  # fmt: skip
+    entry = rollout_lab.status()["history"][0]
+    assert entry["reason"].startswith("rolled back in phase ")
+    assert entry["check"] != "error_rate_trigger"  # 10% errors never reach the 50% trigger
 
 
 def test_nothing_is_promoted_when_traffic_is_too_low(rollout_lab):
     start_release(rollout_lab, traffic_rate=0)
-    rollout_lab.wait(lambda s: s.get("canaryWeight", 0) == 10, 60, "canary phase")
-    time.sleep(12)  # twice the phase duration
-    status = rollout_lab.status()
-    assert status["stepName"] == "canary" and status["canaryWeight"] == 10
+    first = canary_taking_traffic(rollout_lab)
+    twice = 2 * rollout_lab.timing.phases[0]
+
+    def judged_twice_the_phase(status):
+        analysis = status.get("lastAnalysis") or {}
+        return "time" in analysis and seconds_between(first["phaseStartedAt"], analysis["time"]) >= twice
+
+    status = rollout_lab.wait(judged_twice_the_phase, twice + rollout_lab.timing.evaluations(2), "two phase lengths")
+    assert (status["stepName"], status["canaryWeight"]) == ("canary", 10)
+    assert status["lastAnalysis"]["verdict"] == "inconclusive"
     assert "inconclusive" in status["message"]
 
 
 def test_operator_restart_resumes_the_same_phase_without_restarting_its_clock(rollout_lab):
     traffic = start_release(rollout_lab)
-    status = rollout_lab.wait(lambda s: s.get("stepName") == "testing" and s.get("phaseStartedAt"), 60, "testing phase")
-    started = status["phaseStartedAt"]
+    timing = rollout_lab.timing
+    testing = rollout_lab.wait(
+        lambda s: s.get("stepName") == "testing" and s.get("phaseStartedAt"), timing.rollout(), "the testing phase"
+    )
     rollout_lab.kill_operator()
-    time.sleep(10)  # longer than the phase: its clock runs on while no operator is there
-    assert rollout_lab.status()["phaseStartedAt"] == started
+    # Let the phase's whole duration pass while no operator runs: its clock must keep running.
+    ends = datetime.fromisoformat(testing["phaseStartedAt"]).timestamp() + timing.phases[1] + timing.interval
+    while (left := ends - time.time()) > 0:
+        time.sleep(left)
     rollout_lab.start_operator()
-    rollout_lab.wait_operator_serving(60)  # a loaded machine takes seconds to start a Python process
-    restarted = time.time()
-    rollout_lab.wait(lambda s: s.get("stepName") != "testing", 60, "the phase after testing")
-    # testing had run its 8 s before the restart: the new operator advances at its first evaluations
-    # instead of starting testing's clock again (which would take at least another 8 s). The next phase's
-    # own clock starts later, once its weight is confirmed, so the moment the step moved is what counts.
-    assert time.time() - restarted < 8
-    final = rollout_lab.wait(lambda s: s.get("history") and s["history"][0]["outcome"] == "promoted", 90, "promotion")
-    traffic.stop()
+    seen: set[str] = set()
+
+    def advanced(status):
+        if status.get("stepName") == "testing" and status.get("phaseStartedAt"):
+            seen.add(status["phaseStartedAt"])
+        return status.get("stepName") not in ("testing", None)
+
+    after = rollout_lab.wait(advanced, STARTUP + timing.evaluations(2), "the phase after testing")
+    assert seen <= {testing["phaseStartedAt"]}, f"the testing phase's clock was restarted: {sorted(seen)}"
+    assert after["stepName"] == "validation"
+    # At most one PhaseStarted event for testing (the killed operator may not have posted its own).
+    testing_starts = [w for w in phase_weights_from_events(rollout_lab) if w == 25]
+    assert len(testing_starts) <= 1, "testing was started again after the restart"
+    final = rollout_lab.wait(_promoted, timing.rollout(), "promotion")
+    stop_traffic(traffic)
     assert [h["outcome"] for h in final["history"]].count("promoted") == 1
 
 
 def test_spec_change_mid_rollout_restarts_with_the_newest_revision(rollout_lab):
     traffic = start_release(rollout_lab)
-    first = rollout_lab.wait(lambda s: s.get("stepName") == "testing", 60, "testing phase")["canaryRevision"]
+    timing = rollout_lab.timing
+    first = rollout_lab.wait(lambda s: s.get("stepName") == "testing", timing.rollout(), "the testing phase")
     rollout_lab.patch({"spec": {"image": "backtest-engine:3.0.0"}})
-    status = rollout_lab.wait(lambda s: s.get("canaryRevision") not in (first, None), 30, "restart")
-    traffic.stop()
+    status = rollout_lab.wait(
+        lambda s: s.get("canaryRevision") not in (first["canaryRevision"], None),
+        timing.evaluations(2),
+        "the rollout to restart with the newest revision",
+    )
+    stop_traffic(traffic)
     assert status["stepName"] == "canary"
     assert status["history"][0]["outcome"] == "superseded"
 
 
 def test_deleting_the_service_removes_everything_it_owned(rollout_lab, k8s_api):
     start_release(rollout_lab, traffic_rate=0)
-    rollout_lab.wait(lambda s: s.get("canaryRevision"), 60, "rollout started")
+    rollout_lab.wait(lambda s: s.get("canaryRevision"), rollout_lab.timing.evaluations(2), "the rollout to start")
     rollout_lab.custom.delete_namespaced_custom_object("backtest.dev", "v1alpha1", rollout_lab.namespace,
                                                        "backtestservices", NAME)  # fmt: skip
     apps = k8s.AppsV1Api(k8s_api)
     selector = f"backtest.dev/service={NAME}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 60  # garbage collection by kube-controller-manager
     while time.monotonic() < deadline:
         left = (
             len(apps.list_namespaced_deployment(rollout_lab.namespace, label_selector=selector).items)
@@ -134,62 +216,39 @@ def test_deleting_the_service_removes_everything_it_owned(rollout_lab, k8s_api):
         if left == 0:
             return
         time.sleep(0.5)
-    pytest.fail(f"{left} owned objects left after deletion")
-
-
-def _rolled_back_by(rollout_lab: Lab, faults: dict[str, str], checks: set[str], **spec) -> float:
-    """Start a faulty release; return the seconds from the canary taking traffic to the rollback."""
-    traffic = start_release(rollout_lab, canary_faults=faults, **spec)
-    rollout_lab.wait(lambda s: s.get("canaryWeight", 0) > 0, 60, "canary taking traffic")
-    errors_from = time.monotonic()
-    status = rollout_lab.wait(lambda s: s.get("phase") == "Degraded", 90, "automatic rollback")
-    detection = time.monotonic() - errors_from
-    traffic.stop()
-    entry = status["history"][0]
-    assert entry["outcome"] == "rolled_back"
-    assert entry["check"] in checks, entry["reason"]
-    assert rollout_lab.router_weight() == 0
-    return detection
-
-
-def test_release_whose_canary_times_out_is_rolled_back_on_fallback_rate(rollout_lab):
-    detection = _rolled_back_by(rollout_lab, {"ENGINE_FAULT_LATENCY_SECONDS": "1.5"}, {"fallback_rate_trigger"})
-    print(f"\nfallback detection latency: {detection:.1f}s")
-
-
-def test_release_with_slower_canary_is_rolled_back_on_latency_regression(rollout_lab):
-    detection = _rolled_back_by(rollout_lab, {"ENGINE_FAULT_LATENCY_SECONDS": "0.45"}, {"latency_trigger"})
-    print(f"\nlatency detection latency: {detection:.1f}s")
-
-
-def test_release_ending_a_phase_below_its_thresholds_is_rolled_back_at_phase_end(rollout_lab):
-    _rolled_back_by(
-        rollout_lab, {"ENGINE_FAULT_ERROR_RATE": "0.10"}, {"error_rate", "error_rate_vs_stable", "success_rate"},
-        rollback={"maxErrorRate": 0.5, "minRequests": 5, "bakeWindow": "4s"},
-    )  # fmt: skip
-    reason = rollout_lab.status()["history"][0]["reason"]
-    assert reason.startswith("rolled back in phase ")
+    pytest.fail(f"waited 60s for garbage collection; {left} owned objects left after deletion")
 
 
 def test_rollout_holds_while_prometheus_is_down_and_continues_when_it_returns(rollout_lab):
     traffic = start_release(rollout_lab, rollback={"maxAnalysisErrors": 100, "minRequests": 5, "bakeWindow": "4s"})
-    rollout_lab.wait(lambda s: s.get("stepName") == "canary" and s.get("canaryWeight") == 10, 60, "canary phase")
+    timing = rollout_lab.timing
+    canary = rollout_lab.wait(
+        lambda s: s.get("canaryWeight") == 10 and s.get("phaseStartedAt"), timing.rollout(), "the canary phase"
+    )
     rollout_lab.prometheus.stop()
-    held = rollout_lab.wait(lambda s: s.get("analysisErrors", 0) >= 3, 30, "analysis errors counted")
-    time.sleep(8)  # longer than the phase: nothing may advance without data
-    during = rollout_lab.status()
-    assert (during["stepName"], during["canaryWeight"]) == (held["stepName"], 10)
+    # More failed evaluations than fit in the phase: the phase's time has passed without data.
+    failures = math.ceil(timing.phases[0] / timing.interval) + 1
+    held = rollout_lab.wait(
+        lambda s: s.get("analysisErrors", 0) >= failures,
+        timing.evaluations(failures + 1),
+        f"{failures} failed evaluations in a row",
+    )
+    assert (held["stepName"], held["canaryWeight"]) == ("canary", 10), "advanced without data"
+    assert held["phaseStartedAt"] == canary["phaseStartedAt"]
     rollout_lab.prometheus.start()
-    final = rollout_lab.wait(lambda s: s.get("history") and s["history"][0]["outcome"] == "promoted", 120, "promotion")
-    traffic.stop()
+    final = rollout_lab.wait(_promoted, timing.rollout(), "promotion once Prometheus is back")
+    stop_traffic(traffic)
     assert final["analysisErrors"] == 0
 
 
 def test_rollout_rolls_back_when_prometheus_stays_down_for_max_analysis_errors(rollout_lab):
     traffic = start_release(rollout_lab)
-    rollout_lab.wait(lambda s: s.get("canaryWeight", 0) > 0, 60, "canary taking traffic")
+    timing = rollout_lab.timing
+    canary_taking_traffic(rollout_lab)
     rollout_lab.prometheus.stop()
-    status = rollout_lab.wait(lambda s: s.get("phase") == "Degraded", 60, "rollback after analysis errors")
-    traffic.stop()
+    status = rollout_lab.wait(
+        lambda s: s.get("phase") == "Degraded", timing.evaluations(3 + 1), "the rollback after 3 analysis errors"
+    )
+    stop_traffic(traffic)
     assert status["history"][0]["check"] == "analysis"
     assert "analysis failed 3 times in a row" in status["history"][0]["reason"]

@@ -23,15 +23,19 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes import dynamic
+from prometheus_client import generate_latest
 
 from backtest_devtools import chart, processes
 from backtest_devtools.crds import install_crd_documents
 from backtest_devtools.kubeconfig import service_account_kubeconfig
 from backtest_devtools.stack import free_port
+from backtest_operator import metrics
+from backtest_operator.analysis import Observation
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
 from backtest_operator.cli import build_parser
 from backtest_operator.traffic import router_provider
 from backtest_operator.workloads import Owner, WorkloadDefaults
+from tests.unit.operator.rollouts import started
 
 pytestmark = pytest.mark.cluster
 
@@ -45,7 +49,7 @@ MONITORING = [
     "monitoring.prometheusRule.enabled=true",
     "monitoring.grafanaDashboard.enabled=true",
 ]
-CORE_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"}
+CORE_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "NetworkPolicy"}
 ALERTS = {
     "BacktestRolloutRolledBack",
     "BacktestRolloutStuck",
@@ -172,7 +176,8 @@ def test_cluster_role_has_exactly_the_rules_file_and_no_wildcard_when_rendered(d
     for rule in rules:
         for key in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[key], f"wildcard in {rule}"
-        assert "secrets" not in rule["resources"]
+        if "secrets" in rule["resources"]:  # the generated credentials Secret: never listed, watched or deleted
+            assert rule["resources"] == ["secrets"] and sorted(rule["verbs"]) == ["create", "get", "patch"]
 
 
 def test_every_rbac_rule_is_commented_when_reading_the_rules_file():
@@ -289,8 +294,18 @@ def expand(text: str, labels: dict[str, str], value: str = "") -> str:
     return text
 
 
+def operator_exposition_after_a_failed_analysis() -> str:
+    """What the operator's /metrics shows after one evaluation Prometheus could not answer: the policy's
+    decision recorded by the operator's own metrics code (the process-wide registry it serves)."""
+    driver = started()
+    decision = driver.step(Observation(time=driver.now, error="Prometheus at http://prometheus:9090 unreachable"))
+    metrics.record_checks("prod", "quant", decision.checks)
+    return generate_latest(metrics.REGISTRY).decode()
+
+
 def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(monitoring_objects, alert_rules, tmp_path):
-    """promtool's rule unit tests: synthetic series in, the alerts with their labels and texts out."""
+    """promtool's rule unit tests: synthetic series in, every alert with its labels and texts out. The
+    analysis-failure series is the one the operator itself exports after an evaluation that failed."""
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump({"groups": one(monitoring_objects, "PrometheusRule")["spec"]["groups"]}))
     annotations = {rule["alert"]: rule["annotations"] for rule in alert_rules}
@@ -302,6 +317,12 @@ def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(moni
     canary = 'backtest_router_requests_total{namespace="prod",service="quant",track="canary"'
     duration = 'backtest_router_request_duration_seconds_bucket{namespace="prod",service="quant",'
     canary_latency, stable_latency = duration + 'track="canary"', duration + 'track="stable"'
+    exported = [
+        line.split(" ")[0] for line in operator_exposition_after_a_failed_analysis().splitlines()
+        if line.startswith("backtest_operator_analysis_verdicts_total{") and 'verdict="error"' in line
+    ]  # fmt: skip
+    assert exported == ['backtest_operator_analysis_verdicts_total{check="analysis",verdict="error"}']
+    analysis_errors = exported[0].replace("{", '{namespace="backtest-system",', 1)
     object_labels = {"namespace": "prod", "name": "quant"}
     router_labels = {"namespace": "prod", "service": "quant"}
     operator_labels = {"namespace": "backtest-system"}
@@ -319,10 +340,14 @@ def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(moni
                     {"series": canary + ',code="200"}', "values": "0+60x20"},
                     {"series": canary + ',code="500"}', "values": "0+30x20"},
                     {"series": 'up{job="backtest-operator-metrics",namespace="backtest-system"}', "values": "0x20"},
+                    {"series": analysis_errors, "values": "0+1x20"},
                     {
-                        "series": 'backtest_operator_analysis_verdicts_total{namespace="backtest-system",'
-                        'check="error_rate",verdict="error"}',
-                        "values": "0+1x20",
+                        "series": 'backtest_operator_rollout_phase{namespace="prod",name="fresh",phase="Initializing"}',
+                        "values": "1x30",
+                    },
+                    {
+                        "series": 'backtest_operator_reconcile_errors_total{namespace="backtest-system",kind="api"}',
+                        "values": "0+1x40",
                     },
                 ],
                 "alert_rule_test": [
@@ -353,8 +378,29 @@ def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(moni
                         "exp_alerts": [
                             expected(
                                 "BacktestAnalysisFailing",
-                                {"severity": "warning", "check": "error_rate", **operator_labels},
+                                {"severity": "warning", "check": "analysis", **operator_labels},
                                 "5",
+                            )
+                        ],
+                    },
+                    {"eval_time": "10m", "alertname": "BacktestServiceInitializingTooLong", "exp_alerts": []},
+                    {
+                        "eval_time": "20m",
+                        "alertname": "BacktestServiceInitializingTooLong",
+                        "exp_alerts": [
+                            expected(
+                                "BacktestServiceInitializingTooLong",
+                                {"severity": "warning", "namespace": "prod", "name": "fresh"},
+                            )
+                        ],
+                    },
+                    {
+                        "eval_time": "30m",
+                        "alertname": "BacktestOperatorReconcileErrors",
+                        "exp_alerts": [
+                            expected(
+                                "BacktestOperatorReconcileErrors",
+                                {"severity": "warning", "kind": "api", **operator_labels},
                             )
                         ],
                     },
@@ -401,6 +447,8 @@ def test_alerts_fire_with_the_object_named_when_promtool_replays_bad_series(moni
             },
         ],
     }
+    fired = {case["alertname"] for test in tests["tests"] for case in test["alert_rule_test"] if case["exp_alerts"]}
+    assert fired == ALERTS, f"alerts no promtool case makes fire: {sorted(ALERTS - fired)}"
     tests_file = tmp_path / "tests.yaml"
     tests_file.write_text(yaml.safe_dump(tests))
 
@@ -495,7 +543,9 @@ def test_dry_run_is_rejected_by_the_api_server_when_a_rendered_object_is_invalid
         dry_run_apply(api, deployment, namespace)
 
     assert error.value.status == 422
-    assert "containerPort" in error.value.body.decode() if isinstance(error.value.body, bytes) else error.value.body
+    body = error.value.body
+    text = body.decode() if isinstance(body, bytes) else str(body)
+    assert "containerPort" in text, text
 
 
 # the operator under the chart's identity ------------------------------------------------------------
@@ -613,3 +663,17 @@ def http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def test_operator_accepts_only_prometheus_on_its_metrics_port_when_rendered(default_objects):
+    policy = one(default_objects, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"] == one(default_objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert policy["ingress"] == [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": {}},
+                      "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}],
+            "ports": [{"port": "metrics", "protocol": "TCP"}],
+        }
+    ]  # fmt: skip
+    probe = one(default_objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/healthz", "port": "liveness"}

@@ -137,6 +137,16 @@ INVALID = {
         "unique",
     ),
     "negative-replicas": ({"replicas": -1}, "spec.replicas", "greater than or equal to 0"),
+    "shadow-fraction-above-one": (
+        {"traffic": {"shadow": {"fraction": 1.5}}},
+        "spec.traffic.shadow.fraction",
+        "less than or equal to 1",
+    ),
+    "result-bias-too-large": (
+        {"engine": {"faultInjection": {"resultBias": 0.9}}},
+        "spec.engine.faultInjection.resultBias",
+        "less than or equal to 0.5",
+    ),
 }
 
 

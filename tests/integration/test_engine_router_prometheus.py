@@ -147,6 +147,7 @@ def test_promql_yields_the_canary_rates_and_p95_when_a_faulty_canary_serves_half
         ENGINE_TRACK="canary",
         ENGINE_FAULT_ERROR_RATE=str(CANARY_ERROR_RATE),
         ENGINE_FAULT_LATENCY_SECONDS=str(CANARY_LATENCY),
+        ENGINE_FAULT_SEED="15",
     )
     processes.append(canary)
     assert httpx.get(canary.url + "/api/v1/health").json()["faults"]["enabled"] is True
@@ -180,7 +181,7 @@ def test_promql_yields_the_canary_rates_and_p95_when_a_faulty_canary_serves_half
         while router_counters(router)["errors"] < 1:
             assert time.monotonic() < deadline, "the canary produced no error during warm-up"
             client.get("/api/v1/strategies", headers=headers)
-        time.sleep(2.5)
+        server.wait_for_scrape_after(time.time() + 0.5)  # Prometheus holds the counters the burst starts from
         before = router_counters(router)
         burst_started = time.time()
         with ThreadPoolExecutor(8) as pool:
@@ -194,7 +195,7 @@ def test_promql_yields_the_canary_rates_and_p95_when_a_faulty_canary_serves_half
     while scalar(server, total) < after["requests"]:
         assert time.monotonic() < deadline, "Prometheus did not scrape the final counters"
         time.sleep(0.5)
-    time.sleep(1.5)
+    server.wait_for_scrape_after(time.time() + 1.0)  # one more scrape after the final values
 
     window = timedelta(seconds=round(time.time() - burst_started + 1.5))
     canary_q = build_queries(AnalysisSettings(), SELECTOR, "canary", window)

@@ -29,13 +29,25 @@ def set_weight(core: k8s.CoreV1Api, namespace: str, weight: str) -> None:
     core.patch_namespaced_config_map(CM_NAME, namespace, {"data": {"weight": weight}})
 
 
-async def wait_for(state: WeightState, value: int, within: float = 1.0) -> float:
-    started = time.monotonic()
+APPLY_DEADLINE = 10.0
+"""Seconds a watch event may take to reach the weight state; generous for a loaded machine. The router
+documents "within a second" on a quiet one; tests wait for the value rather than time it."""
+
+
+async def wait_for(state: WeightState, value: int, within: float = APPLY_DEADLINE) -> None:
+    deadline = time.monotonic() + within
     while state.value != value:
-        if time.monotonic() - started > within:
-            raise AssertionError(f"weight {state.value}, expected {value} within {within}s")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {within:.0f}s for weight {value} to be applied; it is still {state.value}")
         await asyncio.sleep(0.02)
-    return time.monotonic() - started
+
+
+def recording(state: WeightState) -> list[int]:
+    """Every value the state is given from now on (valid updates only: rejected ones never reach it)."""
+    applied: list[int] = []
+    state.subscribe(applied.append)
+    applied.clear()  # subscribe() replays the current value
+    return applied
 
 
 def router_identity(k8s_api, cluster, namespace: str) -> k8s.ApiClient:
@@ -73,41 +85,59 @@ async def test_weight_follows_configmap_when_it_changes_under_the_router_role(k8
     state = WeightState()
     await source.start(state)
     try:
-        await wait_for(state, 10, within=5.0)  # first list
+        await wait_for(state, 10)  # first list
         set_weight(core, namespace, "60")
-        assert await wait_for(state, 60) < 1.0
+        await wait_for(state, 60)
+        applied = recording(state)
         set_weight(core, namespace, "sixty")  # invalid: the last good weight stays
         set_weight(core, namespace, "250")
-        await asyncio.sleep(0.5)
-        assert state.value == 60
-        core.delete_namespaced_config_map(CM_NAME, namespace)
-        await asyncio.sleep(0.5)
-        assert state.value == 60  # deleted: keep routing as before rather than jump to 0
-        core.create_namespaced_config_map(namespace, configmap("5"))
+        set_weight(core, namespace, "61")  # sentinel: watch events arrive in order, so both were handled
+        await wait_for(state, 61)
+        # (a re-list after a dropped watch may re-apply 60: that is the same weight, not a jump)
+        assert set(applied) <= {60, 61}, f"invalid weights reached the router: {applied}"
+        applied.clear()
+        core.delete_namespaced_config_map(CM_NAME, namespace)  # deleted: keep routing as before, not 0
+        core.create_namespaced_config_map(namespace, configmap("5"))  # sentinel after the deletion
         await wait_for(state, 5)
+        assert set(applied) <= {61, 5}, f"the deletion changed the weight: {applied}"
     finally:
         await source.stop()
         identity.close()
 
 
+class CountingApi:
+    """The real CoreV1Api, counting the watches the source opens (each is a list call with watch=True)."""
+
+    def __init__(self, api: k8s.CoreV1Api) -> None:
+        self.api = api
+        self.watches = 0
+
+    def list_namespaced_config_map(self, *args, **kwargs):
+        if kwargs.get("watch"):
+            self.watches += 1
+        return self.api.list_namespaced_config_map(*args, **kwargs)
+
+
 async def test_weight_resumes_when_watch_times_out_and_is_reopened(k8s_api, namespace):
     core = k8s.CoreV1Api(k8s_api)
     core.create_namespaced_config_map(namespace, configmap("1"))
-    source = ConfigMapWeightSource(
-        namespace, CM_NAME, api_factory=lambda: k8s.CoreV1Api(k8s_api), watch_timeout_seconds=1
-    )
+    api = CountingApi(k8s.CoreV1Api(k8s_api))
+    source = ConfigMapWeightSource(namespace, CM_NAME, api_factory=lambda: api, watch_timeout_seconds=1)
     state = WeightState()
     await source.start(state)
     try:
-        await wait_for(state, 1, within=5.0)
-        await asyncio.sleep(2.5)  # the server ends the watch after 1 s, twice
+        await wait_for(state, 1)
+        deadline = time.monotonic() + 30
+        while api.watches < 3:  # the server ends each watch after 1 s: wait until it was reopened twice
+            assert time.monotonic() < deadline, f"only {api.watches} watches opened in 30s"
+            await asyncio.sleep(0.05)
         set_weight(core, namespace, "42")
-        await wait_for(state, 42, within=2.0)
+        await wait_for(state, 42)
     finally:
         await source.stop()
 
 
-def test_router_process_applies_new_weight_within_a_second_when_configmap_is_patched(k8s_api, cluster, namespace):
+def test_router_process_applies_new_weight_when_configmap_is_patched(k8s_api, cluster, namespace):
     core = k8s.CoreV1Api(k8s_api)
     core.create_namespaced_config_map(namespace, configmap("0"))
     stable = start_upstream("stable")
@@ -124,15 +154,15 @@ def test_router_process_applies_new_weight_within_a_second_when_configmap_is_pat
     try:
         wait_ready(url + "/router/health", router)
         with httpx.Client(base_url=url) as client:
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + APPLY_DEADLINE
             while client.get("/router/state").json()["weight_updated_at"] is None:
-                assert time.monotonic() < deadline, "router never read the ConfigMap"
+                assert time.monotonic() < deadline, f"router did not read the ConfigMap within {APPLY_DEADLINE:.0f}s"
                 time.sleep(0.05)
             assert {client.get("/x").headers["x-backtest-track"] for _ in range(20)} == {"stable"}
             set_weight(core, namespace, "100")
-            changed = time.monotonic()
+            deadline = time.monotonic() + APPLY_DEADLINE
             while client.get("/router/state").json()["weight"] != 100:
-                assert time.monotonic() - changed < 1.0, "weight not applied within a second"
+                assert time.monotonic() < deadline, f"weight 100 not applied within {APPLY_DEADLINE:.0f}s"
                 time.sleep(0.02)
             assert {client.get("/x").headers["x-backtest-track"] for _ in range(20)} == {"canary"}
             assert client.get("/router/state").json()["weight_source"] == f"configmap:{namespace}/{CM_NAME}"

@@ -148,7 +148,7 @@ def test_abandoned_canary_counts_as_slow_fallback_not_error_when_it_times_out(st
     assert state["counters"]["errors"]["canary"] == 0
 
 
-def test_new_weight_applies_within_a_second_when_weight_file_changes(stable, processes, tmp_path):
+def test_new_weight_applies_and_invalid_one_is_ignored_when_weight_file_changes(stable, processes, tmp_path):
     canary = start_upstream("canary")
     processes.append(canary)
     weight = tmp_path / "weight"
@@ -158,14 +158,18 @@ def test_new_weight_applies_within_a_second_when_weight_file_changes(stable, pro
     with httpx.Client(base_url=router.url) as client:
         assert {client.get("/x").headers["x-backtest-track"] for _ in range(30)} == {"stable"}
         weight.write_text("100")
-        changed = time.monotonic()
+        deadline = time.monotonic() + 10  # documented: within a second on a quiet machine (file polled 5x/s)
         while client.get("/x").headers["x-backtest-track"] != "canary":
-            assert time.monotonic() - changed < 1.0
+            assert time.monotonic() < deadline, "weight 100 not applied within 10s"
             time.sleep(0.02)
         assert {client.get("/x").headers["x-backtest-track"] for _ in range(30)} == {"canary"}
+        rejected_before = client.get("/router/state").json()["weight_rejections"]
         weight.write_text("not a number")
-        time.sleep(0.5)
-        assert client.get("/router/state").json()["weight"] == 100  # last good value kept
+        deadline = time.monotonic() + 10
+        while (state := client.get("/router/state").json())["weight_rejections"] <= rejected_before:
+            assert time.monotonic() < deadline, "the invalid weight was not read within 10s"
+            time.sleep(0.02)
+        assert state["weight"] == 100  # last good value kept
     assert scrape(router)[("backtest_router_weight", ())] == 100
 
 

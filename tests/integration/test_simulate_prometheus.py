@@ -37,7 +37,7 @@ def test_simulator_replays_router_series_from_prometheus_when_given_a_range(prom
             while time.monotonic() < deadline:
                 client.get(f"{router.url}/api/v1/strategies")
                 time.sleep(0.01)
-        time.sleep(3)  # two more scrapes
+        server.wait_for_scrape_after(time.time() + 1.0)  # the last requests are in Prometheus
         end = datetime.now(UTC)
     finally:
         for process in (router, canary, stable):

@@ -1,4 +1,5 @@
-"""Real processes for router tests: the test upstream (tests/support/upstream.py) and the router itself."""
+"""Real processes for router tests: the test upstream (tests/support/upstream.py), real engines and the
+router itself."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from backtest_devtools.stack import free_port
 UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "upstream.py"
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_seconds: float = 15.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen[bytes], deadline_seconds: float = 60.0) -> None:
+    """Wait for a started process to answer; generous, since Python start-up on a busy machine takes seconds."""
     deadline = time.monotonic() + deadline_seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -58,11 +60,30 @@ def start_upstream(name: str, **env: str) -> Process:
     return process
 
 
-def start_router(stable: str, canary: str, weight_file: Path, *extra: str) -> Process:
+def start_engine(database_url: str, deadline_seconds: float = 60.0, **env: str) -> Process:
+    """A real engine service (`python -m backtest_engine.service`) on a free loopback port, once ready."""
+    port = free_port()
+    full_env = {**os.environ, "DATABASE_URL": database_url, "ENGINE_RATE_LIMIT": "1000000", **env}
+    command = [sys.executable, "-m", "backtest_engine.service", "--host", "127.0.0.1", "--port", str(port)]
+    process = Process(f"http://127.0.0.1:{port}", subprocess.Popen(command, env=full_env))
+    try:
+        wait_ready(process.url + "/api/v1/ready", process.proc, deadline_seconds)
+    except Exception:
+        process.stop()
+        raise
+    return process
+
+
+def start_router(stable: str, canary: str, weight_file: Path, *extra: str, log: Path | None = None) -> Process:
+    """The router on a free loopback port; its log goes to `log` when given (else to the test's stderr)."""
     port = free_port()
     args = [sys.executable, "-m", "backtest_engine.router", "--stable", stable, "--canary", canary]
     args += ["--weight-file", str(weight_file), "--port", str(port), "--host", "127.0.0.1", *extra]
-    proc = subprocess.Popen(args)
+    if log is None:
+        proc = subprocess.Popen(args)
+    else:
+        with log.open("ab") as sink:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(args, stderr=sink)
     process = Process(f"http://127.0.0.1:{port}", proc)
     try:
         wait_ready(process.url + "/router/health", proc)

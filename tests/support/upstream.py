@@ -7,6 +7,8 @@ a healthy stable or a faulty canary:
   UPSTREAM_ERROR_STATUS   status of those failures (default 503)
   UPSTREAM_DELAY_SECONDS  added to every request (default 0)
   UPSTREAM_SEED           seed of the error draw, for reproducible runs (default: random)
+  UPSTREAM_RESULT_FILE    a file whose bytes answer every GET /api/v1/backtests/<id> (a full engine
+                          result, for benchmarks of shadow comparisons; default: none)
 Paths: `/status/<code>` answers that code, `/delay/<seconds>` sleeps first, `/echo` returns the request
 (method, target, headers, body length), `/_stats` returns requests seen by method (not counted itself).
 Anything else answers 200 with a small JSON body.
@@ -20,6 +22,7 @@ import json
 import os
 import random
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -32,6 +35,8 @@ _seed = os.environ.get("UPSTREAM_SEED")
 RNG = random.Random(int(_seed)) if _seed else random.Random()
 SEEN: Counter[str] = Counter()
 PAYLOAD = json.dumps({"upstream": NAME, "ok": True}).encode()
+_result_file = os.environ.get("UPSTREAM_RESULT_FILE")
+RESULT = Path(_result_file).read_bytes() if _result_file else None
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -59,6 +64,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if ERROR_RATE and RNG.random() < ERROR_RATE:
         await _answer(send, ERROR_STATUS, json.dumps({"upstream": NAME, "error": "injected"}).encode())
+        return
+    if RESULT is not None and path.startswith("/api/v1/backtests/"):
+        await _answer(send, 200, RESULT)
         return
     if path == "/echo":
         echo = {

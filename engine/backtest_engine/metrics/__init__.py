@@ -5,22 +5,26 @@ from backtest_engine.metrics.context import MetricContext
 from backtest_engine.metrics.registry import (
     GROUPS,
     Metric,
+    MetricValues,
     all_metrics,
     compute_metrics,
     get_metric,
     metric_names,
+    rank_value,
 )
 
 __all__ = [
     "GROUPS",
     "Metric",
     "MetricContext",
+    "MetricValues",
     "advanced",
     "all_metrics",
     "compute_metrics",
     "core",
     "get_metric",
     "metric_names",
+    "rank_value",
     "risk",
     "structure",
     "trading",

@@ -34,8 +34,11 @@ Generated from the metric registry by `python -m backtest_engine.metrics.referen
 - **Trades**: `pnl` is in currency after both commissions and slippage; `return` is pnl divided by the
   entry notional. Wins have pnl > 0, losses pnl < 0. A position still open on the last bar is closed on
   its close, so every run's trade list is complete.
-- **Degenerate cases**: when a metric is undefined (no trades, flat equity, a zero denominator) it takes
-  the value in the "degenerate" column instead of NaN or infinity, so results are always finite JSON.
+- **Undefined values**: when a metric has no value for a run (no trades, flat equity, a zero denominator)
+  it is reported as `null` (Python `None`), never as 0 and never as NaN or infinity, so results are strict
+  JSON and a run that never traded cannot outrank one with a real, negative value. The "undefined when"
+  column says when. Rankings (optimization best-of, `sort=` on `GET /api/v1/backtests`) put undefined
+  values last in either direction, and best-of lists leave them out; metric filters never match them.
 - **Rolling** statistics use windows of round(P / 4) bars (a quarter, at least 2) ending every
   max(1, window // 20) bars and on the last bar; consecutive windows overlap by 95% or more.
 - **Structure** metrics are reported only for strategies that detect market structure (`pivot_bos`).
@@ -56,11 +59,12 @@ def render_markdown() -> str:
     for group in GROUPS:
         in_group = [m for m in metrics if m.group == group]
         lines.append(f"## {group.capitalize()} ({len(in_group)})\n")
-        lines.append("| metric | definition | unit | degenerate |")
+        lines.append("| metric | definition | unit | undefined when |")
         lines.append("|---|---|---|---|")
         for m in in_group:
             definition = m.definition.replace("|", "\\|")
-            lines.append(f"| `{m.name}` | {definition} | {UNITS.get(m.unit, m.unit)} | {m.degenerate:g} |")
+            undefined = (m.undefined_when or "never").replace("|", "\\|")
+            lines.append(f"| `{m.name}` | {definition} | {UNITS.get(m.unit, m.unit)} | {undefined} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -37,6 +37,7 @@ from backtest_engine.router.routing import (
     plan_after_canary,
     status_without_answer,
 )
+from backtest_engine.router.shadow import DEFAULT_MAX_IN_FLIGHT, Shadowing
 from backtest_engine.router.upstream import MAX_CONNECTION_AGE_SECONDS, Answer, UnforwardableRequestError, Upstream
 from backtest_engine.router.weights import WeightSource, WeightState
 
@@ -71,6 +72,10 @@ class RouterConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_connections: int = 256
     max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS
+    shadow_fraction: float = 0.0
+    shadow_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    proxy_token: str = ""
+    """Sent to the engines with every request (ROUTER_PROXY_TOKEN) so they trust X-Forwarded-For."""
 
     def validate(self) -> None:
         if self.latency_objective_seconds <= 0:
@@ -87,6 +92,10 @@ class RouterConfig:
             raise ConfigError("--max-body-bytes must not be negative")
         if self.max_connection_age_seconds <= 0:
             raise ConfigError("--upstream-max-connection-age must be positive")
+        if not 0.0 <= self.shadow_fraction <= 1.0:
+            raise ConfigError(f"--shadow-fraction must be within 0 and 1, got {self.shadow_fraction}")
+        if self.shadow_max_in_flight < 1:
+            raise ConfigError("--shadow-max-in-flight must be at least 1")
 
 
 class RouterApp:
@@ -101,6 +110,7 @@ class RouterApp:
     ) -> None:
         config.validate()
         self.config = config
+        self._proxy_token = config.proxy_token.encode()
         self.metrics = metrics or RouterMetrics(config.latency_objective_seconds)
         self.weight = WeightState(initial=0)
         self.weight.subscribe(self.metrics.set_weight)
@@ -122,6 +132,12 @@ class RouterApp:
             max_connection_age_seconds=config.max_connection_age_seconds,
         )
         self._draw = (rng or random.Random()).random
+        self.shadow = Shadowing(
+            self.canary,
+            self.metrics.registry,
+            fraction=config.shadow_fraction,
+            max_in_flight=config.shadow_max_in_flight,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -151,6 +167,7 @@ class RouterApp:
 
     async def shutdown(self) -> None:
         await self.weight_source.stop()
+        await self.shadow.aclose()
         await self.stable.aclose()
         await self.canary.aclose()
 
@@ -188,7 +205,7 @@ class RouterApp:
         forwarded = ForwardedRequest(
             method=method,
             target=request_target(scope),
-            headers=upstream_request_headers(scope),
+            headers=upstream_request_headers(scope, self._proxy_token),
             body=body,
             replayable=is_replayable(method, (name for name, _ in scope["headers"])),
         )
@@ -201,10 +218,12 @@ class RouterApp:
 
     async def _route(self, scope: Scope, send: Send, forwarded: ForwardedRequest) -> None:
         method, replayable = forwarded.method, forwarded.replayable
-        if choose_track(self.weight.value, self._draw()) is Track.STABLE:
+        weight = self.weight.value
+        if choose_track(weight, self._draw()) is Track.STABLE:
             answer = await self.stable.attempt(forwarded)
             self.metrics.record_attempt(Track.STABLE, answer.outcome, answer.duration_seconds)
             await self._respond(send, method, answer, Track.STABLE, b"")
+            self.shadow.offer(forwarded, scope["path"], answer, weight)  # after the client has its answer
             return
 
         answer = await self.canary.attempt(forwarded)
@@ -279,12 +298,14 @@ class RouterApp:
             "weight": self.weight.value,
             "weight_source": self.weight.source,
             "weight_updated_at": self.weight.updated_at,
+            "weight_rejections": self.weight.rejections,
             "upstreams": {
                 Track.STABLE.value: {"url": self.stable.url, "timeout_seconds": self.stable.timeout_seconds},
                 Track.CANARY.value: {"url": self.canary.url, "timeout_seconds": self.canary.timeout_seconds},
             },
             "latency_objective_seconds": self.config.latency_objective_seconds,
             "counters": self.metrics.snapshot(),
+            "shadow": self.shadow.state(),
         }
 
 

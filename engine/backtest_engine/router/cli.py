@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from backtest_engine.router.app import (
 )
 from backtest_engine.router.forwarding import DEFAULT_MAX_BODY_BYTES
 from backtest_engine.router.metrics import DEFAULT_LATENCY_OBJECTIVE_SECONDS
+from backtest_engine.router.shadow import DEFAULT_MAX_IN_FLIGHT
 from backtest_engine.router.upstream import MAX_CONNECTION_AGE_SECONDS
 from backtest_engine.router.weights import (
     ConfigMapWeightSource,
@@ -39,6 +41,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0 and 1, got {text}")
     return value
 
 
@@ -104,6 +113,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         f"reaches every request (default {MAX_CONNECTION_AGE_SECONDS:g})",
     )
     parser.add_argument(
+        "--shadow-fraction",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="share (0-1) of stable-served, repeatable requests also sent to the canary in the background and "
+        "compared (default 0: off)",
+    )
+    parser.add_argument(
+        "--shadow-max-in-flight",
+        type=_positive_int,
+        default=DEFAULT_MAX_IN_FLIGHT,
+        metavar="N",
+        help="shadow copies running at once; a sampled request beyond this is skipped "
+        f"(default {DEFAULT_MAX_IN_FLIGHT})",
+    )
+    parser.add_argument(
         "--loop", default="auto", choices=["auto", "asyncio", "uvloop"], help="event loop (auto: uvloop)"
     )
     parser.add_argument(
@@ -152,6 +177,9 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         max_body_bytes=args.max_body_bytes,
         max_connections=args.max_connections,
         max_connection_age_seconds=args.upstream_max_connection_age,
+        shadow_fraction=args.shadow_fraction,
+        shadow_max_in_flight=args.shadow_max_in_flight,
+        proxy_token=os.environ.get("ROUTER_PROXY_TOKEN", ""),  # a secret: from the environment, never argv
     )
     config.validate()
     return config

@@ -29,6 +29,8 @@ HOP_BY_HOP = frozenset(
 # Recomputed by whoever sends the message next.
 _RECOMPUTED = frozenset({b"host", b"content-length"})
 TRACK_HEADER = b"x-backtest-track"
+PROXY_TOKEN_HEADER = b"x-backtest-proxy-token"
+"""Proves to the engine that X-Forwarded-For came from the router (engine: service/clients.py)."""
 FALLBACK_HEADER = b"x-backtest-fallback"
 DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_UPLOAD_BYTES
 """At least what the engine accepts as an upload, or the router would refuse uploads the engine takes."""
@@ -77,10 +79,14 @@ def end_to_end(headers: Iterable[tuple[bytes, bytes]], also_drop: frozenset[byte
     return out
 
 
-def upstream_request_headers(scope: MutableMapping[str, Any]) -> Headers:
-    """The client's end-to-end headers plus X-Forwarded-For/-Proto/-Host for the upstream."""
+def upstream_request_headers(scope: MutableMapping[str, Any], proxy_token: bytes = b"") -> Headers:
+    """The client's end-to-end headers plus X-Forwarded-For/-Proto/-Host for the upstream, and the router's
+    proxy token when it has one (a token sent by the client is always dropped)."""
     raw: list[tuple[bytes, bytes]] = scope["headers"]
-    headers = end_to_end(raw, _RECOMPUTED | {b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+    forwarding = {b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", PROXY_TOKEN_HEADER}
+    headers = end_to_end(raw, _RECOMPUTED | forwarding)
+    if proxy_token:
+        headers.append((PROXY_TOKEN_HEADER, proxy_token))
     prior_for = b", ".join(v for n, v in raw if n.lower() == b"x-forwarded-for")
     client = scope.get("client")
     client_ip = client[0].encode() if client else b"unknown"

@@ -55,6 +55,8 @@ class WeightState:
         self.value = initial
         self.source = source
         self.updated_at: float | None = None
+        self.rejections = 0
+        """Invalid values seen (and ignored) so far: shown in /router/state, so a typo is visible."""
         self._listeners: list[Callable[[int], None]] = []
 
     def subscribe(self, listener: Callable[[int], None]) -> None:
@@ -71,6 +73,7 @@ class WeightState:
             log.info("event=weight_changed source=%s old=%d new=%d origin=%s", self.source, previous, value, origin)
 
     def reject(self, reason: str, origin: str) -> None:
+        self.rejections += 1
         log.warning(
             "event=weight_rejected source=%s kept=%d reason=%r origin=%s",
             self.source,

@@ -2,21 +2,27 @@
 
 Handlers that touch the database or run the library are plain `def`, so FastAPI runs them in its worker
 threads and the event loop stays free for health checks and metrics scrapes while a backtest computes.
-Middleware order, outermost first: instrumentation (metrics, last-resort 500), body size limit, fault
-injection, then FastAPI's routing, validation and exception handlers.
+Every API route depends on `Access.principal` (auth, limits) and passes the principal's tenant scope to
+the store: another tenant's object is a 404, exactly like one that does not exist.
+Middleware order, outermost first: instrumentation (metrics, last-resort 500), CORS, gzip, body size
+limit, fault injection, then FastAPI's routing, validation and exception handlers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import sqlalchemy.exc
 from fastapi import Depends, FastAPI, File, Form, Path, Query, Request, Response, Security, UploadFile
-from fastapi.responses import PlainTextResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 
 from backtest_engine import __version__
@@ -24,11 +30,14 @@ from backtest_engine.errors import EngineError, InvalidData
 from backtest_engine.metrics import metric_names
 from backtest_engine.optimize import parameter_grid, random_parameters
 from backtest_engine.service import datasets, exports
+from backtest_engine.service.access import Access
 from backtest_engine.service.auth import API_KEY_HEADER, KeyRing, Principal
 from backtest_engine.service.backtests import SUMMARY_METRICS, Backtests, detail, summary
 from backtest_engine.service.bodylimit import BodyLimit
-from backtest_engine.service.faults import FaultInjection
+from backtest_engine.service.clients import ClientAddresses
+from backtest_engine.service.faults import FaultInjection, biased
 from backtest_engine.service.instrumentation import Instrumentation
+from backtest_engine.service.jobrows import JobBounds
 from backtest_engine.service.jobs import FINAL_STATES, JobRunner, status
 from backtest_engine.service.metrics import CONTENT_TYPE, EngineMetrics
 from backtest_engine.service.problems import (
@@ -39,7 +48,7 @@ from backtest_engine.service.problems import (
     install_handlers,
     problem,
 )
-from backtest_engine.service.ratelimit import RateLimiter
+from backtest_engine.service.ratelimit import SharedRateLimiter
 from backtest_engine.service.schemas import (
     BacktestDetail,
     BacktestPage,
@@ -58,6 +67,7 @@ from backtest_engine.service.schemas import (
 )
 from backtest_engine.service.settings import ServiceSettings
 from backtest_engine.service.store import BacktestQuery, Store, parse_metric_filter, sort_key_valid
+from backtest_engine.service.sweeps import Sweeps
 from backtest_engine.strategies import list_strategies
 
 log = logging.getLogger("backtest_engine.service")
@@ -69,15 +79,43 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem}}
 API_KEY = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="one of ENGINE_API_KEYS")
 
 
+def current_principal(request: Request, api_key: Annotated[str | None, Security(API_KEY)]) -> Principal:
+    """The caller (auth and limits, see access.py); a plain `def`, so its database round trips leave the loop."""
+    access: Access = request.app.state.access
+    return access.principal(request, api_key)
+
+
+Caller = Annotated[Principal, Depends(current_principal)]
+
+
 def create_app(settings: ServiceSettings) -> FastAPI:
     """A ready-to-serve app for `settings` (the store is migrated now, or on first use if unreachable)."""
     metrics = EngineMetrics(settings.version, settings.track)
     store = Store(settings.database_url)
-    keyring = KeyRing(settings.keys)
-    limiter = RateLimiter(settings.rate_limit)
+    keyring = KeyRing(settings.keys, settings.admins, enabled=settings.auth == "enabled")
+    access = Access(
+        keyring,
+        ClientAddresses(settings.proxy_token),
+        SharedRateLimiter(store.engine, store.dialect, settings.rate_limit),
+        SharedRateLimiter(store.engine, store.dialect, settings.auth_failure_limit),
+        rate_limit=settings.rate_limit,
+        failure_limit=settings.auth_failure_limit,
+    )
     backtests = Backtests(store, metrics, settings.version, settings.cache_size)
-    jobs = JobRunner(store, metrics, max_jobs=settings.max_jobs, workers=settings.workers)
+    bounds = JobBounds(max_active=settings.max_queued_jobs, max_per_tenant=settings.max_jobs_per_tenant)
     schema = {"ready": False}
+    jobs: JobRunner | Sweeps
+    if store.dialect == "postgresql":  # every replica takes chunks of every sweep (sweeps.py)
+        jobs = Sweeps(
+            store, backtests.load, bounds=bounds, chunk_size=settings.sweep_chunk_size,
+            concurrency=settings.workers, shutdown_seconds=settings.shutdown_seconds / 2,
+            ready=lambda: schema["ready"],
+        )  # fmt: skip
+    else:  # one process owns the SQLite file: its own threads run the jobs (jobs.py)
+        jobs = JobRunner(
+            store, metrics, backtests.load, max_jobs=settings.max_jobs, workers=settings.workers, bounds=bounds
+        )
+    limits = datasets.UploadLimits(settings.max_upload_rows, settings.max_upload_uncompressed_bytes)
     strategy_catalog = list_strategies()  # the registry is fixed once imported; building schemas costs ms
 
     def ensure_schema() -> None:
@@ -92,19 +130,36 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     with contextlib.suppress(ServiceProblem):  # /api/v1/ready says so; requests retry the migration
         ensure_schema()
     if not keyring.enabled:
-        log.warning("event=auth_disabled reason=ENGINE_API_KEYS is empty; every API request is accepted")
+        log.warning("event=auth_disabled reason=ENGINE_AUTH=disabled; every API request is accepted (development only)")
+    elif not keyring.configured:
+        log.warning("event=no_api_keys reason=ENGINE_API_KEYS is empty; every API request is refused with 401")
     if settings.faults_enabled:
         log.warning(
-            "event=faults_enabled error_rate=%g latency_seconds=%g",
+            "event=faults_enabled error_rate=%g latency_seconds=%g result_bias=%g",
             settings.fault_error_rate,
             settings.fault_latency_seconds,
+            settings.fault_result_bias,
         )
+    bias = settings.fault_result_bias  # silent corruption of reported results (rehearsals only)
+
+    def reported(job: dict[str, Any]) -> dict[str, Any]:
+        return {**job, "best": [biased(entry, bias) for entry in job["best"]]} if bias else job
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         log.info("event=started version=%s track=%s database=%s", settings.version, settings.track, store.describe())
+        with contextlib.suppress(ServiceProblem):
+            ensure_schema()
+        if isinstance(jobs, Sweeps):
+            await jobs.start()
+        else:
+            jobs.start()
         yield
-        jobs.shutdown()
+        # uvicorn has stopped accepting and drained requests (SIGTERM); running jobs get the rest of the budget
+        if isinstance(jobs, Sweeps):
+            await jobs.stop()
+        else:
+            await asyncio.to_thread(jobs.shutdown, settings.shutdown_seconds / 2)
         store.dispose()
 
     app = FastAPI(
@@ -112,31 +167,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         version=__version__,
         description="Backtests, optimizations and exports over HTTP. Authenticate with the `X-API-Key` header.",
         lifespan=lifespan,
+        # Served below behind authentication: with auth on, only health, readiness and metrics are open.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.store = store
     app.state.metrics = metrics
     app.state.jobs = jobs
 
-    async def principal(request: Request, api_key: Annotated[str | None, Security(API_KEY)]) -> Principal:
-        """Authenticate and take a rate-limit token; async because it never blocks (no thread hop)."""
-        who = keyring.authenticate(api_key)
-        if who is None:
-            detail = "missing API key" if not api_key else "invalid API key"
-            raise ServiceProblem(
-                401, f"{detail}: send it in the {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"}
-            )
-        bucket = who.key_id if keyring.enabled else f"client:{request.client.host if request.client else '?'}"
-        wait = limiter.take(bucket)
-        if wait:
-            raise ServiceProblem(
-                429,
-                f"rate limit of {settings.rate_limit} requests per minute exceeded",
-                headers={"Retry-After": str(wait)},
-            )
-        return who
-
-    authenticated = [Depends(principal)]
+    app.state.access = access
+    authenticated = [Depends(current_principal)]
 
     install_handlers(app)
 
@@ -154,6 +196,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 "enabled": settings.faults_enabled,
                 "error_rate": settings.fault_error_rate,
                 "latency_seconds": settings.fault_latency_seconds,
+                "result_bias": settings.fault_result_bias,
             },
         }
 
@@ -169,6 +212,11 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     async def prometheus_metrics() -> Response:
         """Prometheus exposition of the engine's series."""
         return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    @app.get("/openapi.json", dependencies=authenticated, include_in_schema=False)
+    async def openapi_document() -> JSONResponse:
+        """The OpenAPI description, for callers holding a key (or any caller with auth disabled)."""
+        return JSONResponse(app.openapi())
 
     # -- strategies and datasets -------------------------------------------------------------------------------
 
@@ -196,21 +244,28 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         tags=["datasets"],
     )
     def upload_dataset(
+        who: Caller,
         response: Response,
         file: Annotated[UploadFile, File(description="CSV or Parquet: time, open, high, low, close, volume")],
         symbol: Annotated[Symbol, Form()],
         name: Annotated[str | None, Form(max_length=200)] = None,
     ) -> dict[str, Any]:
-        """Upload OHLCV data; it is validated (errors name the row) and stored. Same content, same id."""
+        """Upload OHLCV data; it is bounded (rows, size) before loading, validated (errors name the row) and
+        stored for the caller's tenant. Same tenant and content, same id."""
         ensure_schema()
         content = file.file.read(settings.max_upload_bytes + 1)
         if len(content) > settings.max_upload_bytes:
             raise ServiceProblem(413, f"upload larger than {settings.max_upload_bytes} bytes")
         try:
+            datasets.check_upload(content, file.filename or "", limits)
+        except datasets.UploadTooLarge as error:
+            raise ServiceProblem(413, str(error)) from None
+        try:
             frame = datasets.parse_upload(content, file.filename or "")
         except InvalidData as error:
             raise FieldError("file", str(error)) from None
-        row = datasets.dataset_row(frame, name or file.filename or symbol, symbol)
+        del content
+        row = datasets.dataset_row(frame, name or file.filename or symbol, symbol, who.tenant)
         stored, created = store.add_dataset(row)
         if not created:
             response.status_code = 200
@@ -220,12 +275,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         "/api/v1/datasets", response_model=DatasetPage, dependencies=authenticated, responses=ERRORS, tags=["datasets"]
     )
     def list_datasets(
+        who: Caller,
         symbol: Annotated[Symbol | None, Query()] = None,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     ) -> dict[str, Any]:
         ensure_schema()
-        rows, total = store.list_datasets(symbol=symbol, limit=limit, offset=offset)
+        rows, total = store.list_datasets(who.scope, symbol=symbol, limit=limit, offset=offset)
         return {"items": [_dataset_info(r) for r in rows], "total": total, "limit": limit, "offset": offset}
 
     @app.get(
@@ -235,9 +291,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         responses={**ERRORS, **NOT_FOUND},
         tags=["datasets"],
     )
-    def get_dataset(dataset_id: DatasetId) -> dict[str, Any]:
+    def get_dataset(who: Caller, dataset_id: DatasetId) -> dict[str, Any]:
         ensure_schema()
-        row = store.get_dataset(dataset_id)
+        row = store.get_dataset(dataset_id, who.scope)
         if row is None:
             raise NotFound("dataset", dataset_id)
         return _dataset_info(row)
@@ -252,13 +308,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         responses={**ERRORS, **NOT_FOUND, 200: {"model": BacktestDetail, "description": "cached result"}},
         tags=["backtests"],
     )
-    def create_backtest(body: BacktestRequest, response: Response) -> dict[str, Any]:
-        """Run a backtest, or return the stored result of an identical request (`cached: true`, 200)."""
+    def create_backtest(who: Caller, body: BacktestRequest, response: Response) -> dict[str, Any]:
+        """Run a backtest, or return the tenant's stored result of an identical request (`cached: true`, 200)."""
         ensure_schema()
-        row, cached = backtests.run(body)
+        row, cached = backtests.run(body, who.tenant, who.scope)
         if cached:
             response.status_code = 200
-        return detail(row, cached)
+        return biased(detail(row, cached), bias)
 
     @app.get(
         "/api/v1/backtests",
@@ -268,6 +324,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         tags=["backtests"],
     )
     def list_backtests(
+        who: Caller,
         strategy: Annotated[str | None, Query(max_length=64)] = None,
         symbol: Annotated[Symbol | None, Query()] = None,
         dataset_id: Annotated[DatasetId | None, Query()] = None,
@@ -294,12 +351,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         if not sort_key_valid(sort, names):
             raise FieldError("sort", "expected created_at or a metric name, optionally prefixed with -")
         query = BacktestQuery(strategy, symbol, dataset_id, start, end, tuple(filters), sort, limit, offset)
-        rows, total = store.list_backtests(query, SUMMARY_METRICS)
-        return {"items": [summary(r, r["metrics"]) for r in rows], "total": total, "limit": limit, "offset": offset}
+        rows, total = store.list_backtests(query, SUMMARY_METRICS, who.scope)
+        items = [biased(summary(r, r["metrics"]), bias) for r in rows]
+        return {"items": items, "total": total, "limit": limit, "offset": offset}
 
-    def stored_backtest(backtest_id: str) -> dict[str, Any]:
+    def stored_backtest(backtest_id: str, who: Principal) -> dict[str, Any]:
         ensure_schema()
-        row = store.get_backtest(backtest_id)
+        row = store.get_backtest(backtest_id, who.scope)
         if row is None:
             raise NotFound("backtest", backtest_id)
         return row
@@ -311,9 +369,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         responses={**ERRORS, **NOT_FOUND},
         tags=["backtests"],
     )
-    def get_backtest(backtest_id: Annotated[str, _id_path()]) -> dict[str, Any]:
+    def get_backtest(who: Caller, backtest_id: Annotated[str, _id_path()]) -> dict[str, Any]:
         """All metrics, the trades and the equity curve of a stored backtest."""
-        return detail(stored_backtest(backtest_id), cached=True)
+        return biased(detail(stored_backtest(backtest_id, who), cached=True), bias)
 
     @app.get(
         "/api/v1/backtests/{backtest_id}/export",
@@ -323,10 +381,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         tags=["backtests"],
     )
     def export_backtest(
-        backtest_id: Annotated[str, _id_path()], format: Annotated[Literal["pine", "csv", "html"], Query()] = "html"
+        who: Caller,
+        backtest_id: Annotated[str, _id_path()],
+        format: Annotated[Literal["pine", "csv", "html"], Query()] = "html",
     ) -> Response:
         """Pine Script of the strategy with its parameters, the trade list as CSV, or an HTML report."""
-        row = stored_backtest(backtest_id)
+        row = stored_backtest(backtest_id, who)
         name = f"backtest-{row['id']}"
         if format == "pine":
             return Response(
@@ -345,15 +405,18 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         response_model=OptimizationStatus,
         status_code=202,
         dependencies=authenticated,
-        responses={**ERRORS, **NOT_FOUND},
+        responses={**ERRORS, **NOT_FOUND, 503: {"model": Problem}},
         tags=["optimizations"],
     )
-    def start_optimization(body: OptimizationRequest) -> dict[str, Any]:
-        """Start a parameter search in the background; poll `GET .../{id}` for progress and best results."""
+    def start_optimization(who: Caller, body: OptimizationRequest) -> dict[str, Any]:
+        """Start a parameter search in the background; poll `GET .../{id}` for progress and best results.
+
+        429 with Retry-After when the service or the tenant has too many optimizations queued or running.
+        """
         ensure_schema()
         if body.metric not in metric_names():
             raise FieldError("metric", "unknown metric; see docs/metrics.md (e.g. sharpe_ratio)")
-        data = backtests.load(body)
+        backtests.load(body, who.tenant)  # 404/422 now rather than a failed job later; the job loads it again
         try:
             if body.method == "grid":
                 candidates = parameter_grid(body.strategy, body.space)
@@ -361,8 +424,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 candidates = random_parameters(body.strategy, body.space, body.samples, seed=body.seed)
         except EngineError as error:
             raise engine_error_field(error, params_prefix="space") from None
-        job = jobs.submit(body, data, len(candidates))
-        return status({**job.row(), "updated_at": job.updated_at})
+        return status(jobs.submit(body, who.tenant, len(candidates)))
 
     @app.get(
         "/api/v1/optimizations/{job_id}",
@@ -371,13 +433,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         responses={**ERRORS, **NOT_FOUND},
         tags=["optimizations"],
     )
-    def get_optimization(job_id: Annotated[str, _id_path()]) -> dict[str, Any]:
+    def get_optimization(who: Caller, job_id: Annotated[str, _id_path()]) -> dict[str, Any]:
         """State, progress and the best parameter sets found so far."""
         ensure_schema()
-        row = jobs.get(job_id)
+        row = jobs.get(job_id, who.scope)
         if row is None:
             raise NotFound("optimization", job_id)
-        return status(row)
+        return reported(status(row))
 
     @app.delete(
         "/api/v1/optimizations/{job_id}",
@@ -387,24 +449,37 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         responses={**ERRORS, **NOT_FOUND, 409: {"model": Problem}},
         tags=["optimizations"],
     )
-    def cancel_optimization(job_id: Annotated[str, _id_path()]) -> dict[str, Any]:
+    def cancel_optimization(who: Caller, job_id: Annotated[str, _id_path()]) -> dict[str, Any]:
         """Cancel a queued or running job; it stops after the chunk in progress, keeping its results."""
         ensure_schema()
-        current = jobs.get(job_id)
+        current = jobs.get(job_id, who.scope)
         if current is None:
             raise NotFound("optimization", job_id)
         if current["state"] in FINAL_STATES:
             raise ServiceProblem(409, f"optimization {job_id} already {current['state']}")
-        row = jobs.cancel(job_id)
+        row = jobs.cancel(job_id, who.scope)
         if row is None:
             raise NotFound("optimization", job_id)
-        return status(row)
+        return reported(status(row))
 
-    # add_middleware puts the last added outermost: instrumentation, body limit, faults, then the app.
+    # add_middleware puts the last added outermost: instrumentation, CORS, gzip, body limit, faults, the app.
     app.add_middleware(
-        FaultInjection, error_rate=settings.fault_error_rate, latency_seconds=settings.fault_latency_seconds
+        FaultInjection,
+        error_rate=settings.fault_error_rate,
+        latency_seconds=settings.fault_latency_seconds,
+        rng=random.Random(settings.fault_seed),
     )
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(GZipMiddleware, minimum_size=settings.gzip_minimum_bytes)
+    if settings.origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=[API_KEY_HEADER, "Content-Type", "Idempotency-Key"],
+            expose_headers=["Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(Instrumentation, metrics=metrics, routes=lambda: app.routes)
     return app
 

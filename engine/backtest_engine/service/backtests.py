@@ -1,8 +1,10 @@
 """Running backtests for HTTP clients: resolve the data, compute the cache key, run or reuse.
 
 The cache key is (strategy, params_hash, dataset_key, timeframe, start, end, engine_version), where the
-parameter hash covers the validated strategy parameters *and* the execution settings, so two requests
-differing only in commission never share a result, while `{"fast": "10"}` and `{"fast": 10}` do.
+parameter hash covers the tenant, the validated strategy parameters *and* the execution settings, so two
+requests differing only in commission never share a result, while `{"fast": "10"}` and `{"fast": 10}` do,
+and one tenant's request never returns another tenant's row. The store is the results cache every
+replica shares; this process only remembers which row id a key maps to.
 """
 
 from __future__ import annotations
@@ -78,16 +80,17 @@ class Backtests:
         self.frames = datasets.FrameCache(16)
         self.keys = KeyIndex(cache_size)
 
-    def load(self, selection: DataSelection) -> DataSlice:
-        """The frame a request selects, sliced to its time range; 404/422 for unknown ids or empty ranges."""
+    def load(self, selection: DataSelection, tenant: str | None) -> DataSlice:
+        """The frame a request selects, sliced to its time range; 404 for another tenant's or an unknown
+        dataset, 422 for an empty range."""
         if selection.dataset_id is not None:
-            meta = self.store.get_dataset(selection.dataset_id)
+            meta = self.store.get_dataset(selection.dataset_id, tenant)
             if meta is None:
                 raise NotFound("dataset", selection.dataset_id)
             cache_key = f"dataset:{selection.dataset_id}"
             frame = self.frames.get(cache_key)
             if frame is None:
-                content = self.store.dataset_content(selection.dataset_id)
+                content = self.store.dataset_content(selection.dataset_id, tenant)
                 if content is None:
                     raise NotFound("dataset", selection.dataset_id)
                 frame = datasets.decode(content)
@@ -109,7 +112,9 @@ class Backtests:
                 raise FieldError(field, f"the selected time range holds {len(frame)} bars; need at least 2")
         return DataSlice(frame, key, dataset_id, symbol)
 
-    def cache_key(self, request: BacktestRequest, data: DataSlice) -> tuple[dict[str, Any], dict[str, Any]]:
+    def cache_key(
+        self, request: BacktestRequest, data: DataSlice, tenant: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(cache key columns, validated params); raises 422 for an unknown strategy or bad parameters."""
         try:
             get_strategy(request.strategy)
@@ -117,7 +122,9 @@ class Backtests:
         except EngineError as error:
             raise engine_error_field(error) from None
         canonical = json.dumps(
-            {"params": params, "execution": request.execution.model_dump()}, sort_keys=True, default=str
+            {"tenant": tenant, "params": params, "execution": request.execution.model_dump()},
+            sort_keys=True,
+            default=str,
         )
         key = {
             "strategy": request.strategy,
@@ -130,11 +137,14 @@ class Backtests:
         }
         return key, params
 
-    def run(self, request: BacktestRequest) -> tuple[dict[str, Any], bool]:
-        """The result for a request and whether it came from the cache (no backtest run)."""
-        data = self.load(request)
-        key, params = self.cache_key(request, data)
-        found = self._cached(key)
+    def run(self, request: BacktestRequest, tenant: str, scope: str | None) -> tuple[dict[str, Any], bool]:
+        """The tenant's result for a request and whether it came from the cache (no backtest run).
+
+        `scope` is whose datasets the request may use: the tenant's, or every tenant's for an admin (None).
+        """
+        data = self.load(request, scope)
+        key, params = self.cache_key(request, data, tenant)
+        found = self._cached(key, tenant)
         self.metrics.cache(found is not None)
         if found is not None:
             self.metrics.backtest(request.strategy, "cached")
@@ -162,18 +172,18 @@ class Backtests:
             "metrics": payload["metrics"],
             "duration_seconds": time.perf_counter() - started,
         }
-        stored, created = self.store.add_backtest(key, row)
+        stored, created = self.store.add_backtest(key, row, tenant)
         self.keys.put(_key_tuple(key), str(stored["id"]))
         self.metrics.backtest(request.strategy, "ok")
         return stored, not created
 
-    def _cached(self, key: dict[str, Any]) -> dict[str, Any] | None:
+    def _cached(self, key: dict[str, Any], tenant: str) -> dict[str, Any] | None:
         remembered = self.keys.get(_key_tuple(key))
         if remembered is not None:
-            row = self.store.get_backtest(remembered)
+            row = self.store.get_backtest(remembered, tenant)
             if row is not None:
                 return row
-        row = self.store.find_backtest(key)
+        row = self.store.find_backtest(key, tenant)
         if row is not None:
             self.keys.put(_key_tuple(key), str(row["id"]))
         return row

@@ -54,7 +54,7 @@ def run_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=args.access_log,
         log_config=None,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_seconds / 2)),  # jobs get the other half
     )
     return 0
 

@@ -1,9 +1,12 @@
 """Datasets a backtest can run on: uploaded CSV/Parquet files, or seeded synthetic series.
 
-Uploads are validated by the library (`validate_ohlcv`), normalized (UTC, naive timestamps) and stored
-gzip-compressed as CSV; the id is the SHA-256 of that normalized content, so uploading the same data
-twice yields the same dataset and the same cache keys. Synthetic datasets (symbol, bars, seed) need no
-upload at all, which is what load tests and the demo use.
+Uploads are bounded before they are loaded: a CSV's rows are counted as lines, a Parquet file's rows,
+columns and uncompressed size are read from its footer, so a small file that would expand to millions of
+rows is refused (413) without ever being parsed (`check_upload`). Only the OHLCV columns of a Parquet file
+are read. Uploads are then validated by the library (`validate_ohlcv`), normalized (UTC, naive timestamps)
+and stored gzip-compressed as CSV; the id is the SHA-256 of the tenant and that normalized content, so
+the same tenant uploading the same data twice gets the same dataset, and another tenant its own.
+Synthetic datasets (symbol, bars, seed) need no upload at all, which is what load tests and the demo use.
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ import hashlib
 import io
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from backtest_engine.data import synthetic_ohlcv, validate_ohlcv
+from backtest_engine.data import OHLCV_COLUMNS, TIME_COLUMN_ALIASES, synthetic_ohlcv, validate_ohlcv
 from backtest_engine.errors import InvalidData
 
 PARQUET_MAGIC = b"PAR1"
@@ -47,15 +53,65 @@ def _to_utc_naive(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+WANTED_COLUMNS = frozenset((*OHLCV_COLUMNS, *TIME_COLUMN_ALIASES))
+MAX_PARQUET_COLUMNS = 64
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_rows: int
+    """Rows (bars) a dataset may have."""
+    max_uncompressed_bytes: int
+    """Size of the data once decompressed (a Parquet file's pages; a CSV is its own size)."""
+
+
+class UploadTooLarge(Exception):
+    """The upload exceeds a limit; raised before the data is loaded (HTTP 413)."""
+
+
+def is_parquet(content: bytes, filename: str) -> bool:
+    return content[:4] == PARQUET_MAGIC or filename.lower().endswith((".parquet", ".pq"))
+
+
+def check_upload(content: bytes, filename: str, limits: UploadLimits) -> None:
+    """Refuse an upload over the row or uncompressed-size limit, reading only its footer or its line count."""
+    if is_parquet(content, filename):
+        try:
+            metadata = pq.ParquetFile(pa.BufferReader(content)).metadata
+        except Exception:  # an unreadable footer: parse_upload names the problem
+            return
+        rows, columns = metadata.num_rows, metadata.num_columns
+        size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+        if columns > MAX_PARQUET_COLUMNS:
+            raise UploadTooLarge(f"the Parquet file has {columns} columns; at most {MAX_PARQUET_COLUMNS} are read")
+    else:
+        rows, size = content.count(b"\n"), len(content)
+    if rows > limits.max_rows + 1:  # + 1: a CSV's header line
+        raise UploadTooLarge(f"the file holds {rows} rows; the limit is {limits.max_rows} (ENGINE_MAX_UPLOAD_ROWS)")
+    if size > limits.max_uncompressed_bytes:
+        raise UploadTooLarge(
+            f"the data is {size} bytes uncompressed; the limit is {limits.max_uncompressed_bytes} "
+            "(ENGINE_MAX_UPLOAD_UNCOMPRESSED_BYTES)"
+        )
+
+
+def _read_parquet(content: bytes) -> pd.DataFrame:
+    """Only the OHLCV columns (in any letter case) of a Parquet file, so extra columns cost nothing."""
+    source = pq.ParquetFile(pa.BufferReader(content))
+    wanted = [name for name in source.schema_arrow.names if name.strip().lower() in WANTED_COLUMNS]
+    frame: pd.DataFrame = source.read(columns=wanted, use_pandas_metadata=True).to_pandas()
+    return frame
+
+
 def parse_upload(content: bytes, filename: str) -> pd.DataFrame:
-    """Parse and validate uploaded bytes (Parquet by magic number or suffix, else CSV)."""
+    """Parse and validate uploaded bytes (Parquet by magic number or suffix, else CSV); call `check_upload` first."""
     if not content:
         raise InvalidData("the file is empty")
-    is_parquet = content[:4] == PARQUET_MAGIC or filename.lower().endswith((".parquet", ".pq"))
+    parquet = is_parquet(content, filename)
     try:
-        raw = pd.read_parquet(io.BytesIO(content)) if is_parquet else pd.read_csv(io.BytesIO(content))
+        raw = _read_parquet(content) if parquet else pd.read_csv(io.BytesIO(content))
     except Exception as exc:  # any parser failure is the client's bad file, not our bug
-        kind = "Parquet" if is_parquet else "CSV"
+        kind = "Parquet" if parquet else "CSV"
         raise InvalidData(f"not a readable {kind} file ({type(exc).__name__})") from None
     try:
         frame = validate_ohlcv(raw)
@@ -77,12 +133,14 @@ def decode(content: bytes) -> pd.DataFrame:
     return validate_ohlcv(frame)
 
 
-def dataset_row(frame: pd.DataFrame, name: str, symbol: str) -> dict[str, Any]:
-    """Everything the store keeps about a dataset (id = SHA-256 of the normalized content)."""
+def dataset_row(frame: pd.DataFrame, name: str, symbol: str, tenant: str) -> dict[str, Any]:
+    """Everything the store keeps about a dataset (id = SHA-256 of the tenant and the normalized content)."""
     content = encode(frame)
     index = pd.DatetimeIndex(frame.index)
+    identity = hashlib.sha256(tenant.encode() + b"\0" + gzip.decompress(content))
     return {
-        "id": hashlib.sha256(gzip.decompress(content)).hexdigest()[:32],
+        "id": identity.hexdigest()[:32],
+        "tenant": tenant,
         "name": name,
         "symbol": symbol,
         "timeframe": timeframe_of(index),

@@ -164,7 +164,8 @@ def html_report(row: dict[str, Any]) -> str:
     esc = html.escape
     equity = [float(point["equity"]) for point in row["equity"]]
     metrics_rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>{value:,.6g}</td></tr>" for name, value in sorted(row["metrics"].items())
+        f"<tr><td>{esc(name)}</td><td>{'undefined' if value is None else f'{value:,.6g}'}</td></tr>"
+        for name, value in sorted(row["metrics"].items())
     )
     trades = row["trades"][:500]
     trade_rows = "".join(

@@ -1,5 +1,6 @@
 """Fault injection for rollout rehearsals: a share of API requests fail with 500, and/or every API
-request is slowed down. Off by default; `/api/v1/health` shows the settings whenever it is on.
+request is slowed down, and/or results are silently wrong (return-based metrics biased while the answer
+stays a fast 200). Off by default; `/api/v1/health` shows the settings whenever it is on.
 
 Health, readiness and metrics are never faulted: a rehearsal must exercise the canary analysis (errors and
 latency seen by the router), not get the pods restarted by their probes.
@@ -9,12 +10,48 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backtest_engine.service.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 
 EXEMPT = ("/api/v1/health", "/api/v1/ready")
+
+RETURN_METRICS = frozenset(
+    {
+        "total_return",
+        "cagr",
+        "annualized_return",
+        "excess_return",
+        "alpha",
+        "best_period_return",
+        "worst_period_return",
+        "average_trade_return",
+        "average_winning_trade",
+        "average_losing_trade",
+        "best_trade_return",
+        "worst_trade_return",
+    }
+)
+"""The strategy's return-based metrics (docs/metrics.md) that ENGINE_FAULT_RESULT_BIAS distorts; the
+benchmark's own return and every other metric stay correct, as a subtle bug would leave them."""
+
+
+def biased(payload: dict[str, Any], bias: float) -> dict[str, Any]:
+    """`payload` (anything with a `metrics` object) with each return-based metric times (1 + bias).
+
+    Applied to answers only, never to stored rows: stable and canary share the results store, and a
+    rehearsal must not corrupt what the other track reads.
+    """
+    metrics = payload.get("metrics")
+    if not bias or not isinstance(metrics, dict):
+        return payload
+    skewed = {
+        name: value * (1.0 + bias) if name in RETURN_METRICS and isinstance(value, float | int) else value
+        for name, value in metrics.items()
+    }
+    return {**payload, "metrics": skewed}
 
 
 class FaultInjection:

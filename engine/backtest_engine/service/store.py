@@ -1,16 +1,13 @@
-"""The results store: SQLAlchemy 2 Core tables, a small versioned migration runner and a repository.
+"""The results store: a repository over one database (SQLite for one process, PostgreSQL for many).
 
-Why no Alembic: the backtests table carries one float column per registered metric (so results can be
-filtered and sorted by any metric in SQL), and the metric registry grows with the engine. Alembic would
-need a hand-written revision for every new metric; instead numbered migrations (`MIGRATIONS`, recorded in
-`schema_migrations`) create and change the fixed schema, and after them `_sync_metric_columns` adds a
-nullable column for any metric the table lacks. Both steps are idempotent and run under a lock
-(PostgreSQL advisory lock; SQLite's write lock), so stable and canary pods can start at once on one
-database.
+Every dataset, backtest and job row carries the tenant that made it, and every read takes a `tenant`
+scope: a row of another tenant is simply not found (404, so existence does not leak); scope None is an
+admin's view of every tenant. The schema and its expand-only migrations live in `schema`.
 
 The cache key is a composite unique index: (strategy, params_hash, dataset_key, timeframe, start_time,
-end_time, engine_version). Two pods racing to store the same result both succeed: the loser's insert
-hits the index and it returns the winner's row.
+end_time, engine_version). The parameter hash is salted with the tenant, so dedup is per tenant. Two pods
+racing to store the same result both succeed: the loser's insert hits the index and it returns the
+winner's row.
 """
 
 from __future__ import annotations
@@ -19,26 +16,26 @@ import contextlib
 import logging
 import math
 import re
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from backtest_engine.metrics import metric_names
+from backtest_engine.service import schema
+from backtest_engine.service.jobrows import JobRows
+from backtest_engine.service.schema import CACHE_KEY_COLUMNS, METRIC_PREFIX, metric_column, utcnow
 
 log = logging.getLogger("backtest_engine.service.store")
 
-METRIC_PREFIX = "m_"
-CACHE_KEY_COLUMNS = ("strategy", "params_hash", "dataset_key", "timeframe", "start_time", "end_time", "engine_version")
-_ADVISORY_LOCK_ID = 7_274_271_305
+__all__ = ["CACHE_KEY_COLUMNS", "BacktestQuery", "MetricFilter", "Store", "StoreError", "metric_column", "utcnow"]
 
 
 class StoreError(Exception):
@@ -53,103 +50,6 @@ def normalize_url(url: str) -> URL:
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
-
-
-def _fixed_tables(metadata: sa.MetaData) -> dict[str, sa.Table]:
-    """The schema as migration 1 created it, frozen; later migrations' columns are added in `Store`.
-
-    Metric columns are added by `_sync_metric_columns`.
-    """
-    datasets = sa.Table(
-        "datasets",
-        metadata,
-        sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("name", sa.String(200), nullable=False),
-        sa.Column("symbol", sa.String(64), nullable=False),
-        sa.Column("timeframe", sa.String(32), nullable=False),
-        sa.Column("bars", sa.Integer, nullable=False),
-        sa.Column("start_time", sa.DateTime, nullable=False),
-        sa.Column("end_time", sa.DateTime, nullable=False),
-        sa.Column("size_bytes", sa.Integer, nullable=False),
-        sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.Column("content", sa.LargeBinary, nullable=False),
-    )
-    backtests = sa.Table(
-        "backtests",
-        metadata,
-        sa.Column("id", sa.String(36), primary_key=True),
-        sa.Column("strategy", sa.String(64), nullable=False),
-        sa.Column("params_hash", sa.String(64), nullable=False),
-        sa.Column("dataset_key", sa.String(200), nullable=False),
-        sa.Column("dataset_id", sa.String(64), nullable=True),
-        sa.Column("symbol", sa.String(64), nullable=False),
-        sa.Column("timeframe", sa.String(32), nullable=False),
-        sa.Column("start_time", sa.DateTime, nullable=False),
-        sa.Column("end_time", sa.DateTime, nullable=False),
-        sa.Column("engine_version", sa.String(64), nullable=False),
-        sa.Column("bars", sa.Integer, nullable=False),
-        sa.Column("params", sa.JSON, nullable=False),
-        sa.Column("config", sa.JSON, nullable=False),
-        sa.Column("trades", sa.JSON, nullable=False),
-        sa.Column("equity", sa.JSON, nullable=False),
-        sa.Column("metrics", sa.JSON, nullable=False),
-        sa.Column("duration_seconds", sa.Float, nullable=False),
-        sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.Index("ux_backtests_cache_key", *CACHE_KEY_COLUMNS, unique=True),
-        sa.Index("ix_backtests_created_at", "created_at"),
-        sa.Index("ix_backtests_symbol", "symbol"),
-    )
-    optimizations = sa.Table(
-        "optimizations",
-        metadata,
-        sa.Column("id", sa.String(36), primary_key=True),
-        sa.Column("state", sa.String(16), nullable=False),
-        sa.Column("strategy", sa.String(64), nullable=False),
-        sa.Column("request", sa.JSON, nullable=False),
-        sa.Column("done", sa.Integer, nullable=False),
-        sa.Column("total", sa.Integer, nullable=False),
-        sa.Column("best", sa.JSON, nullable=False),
-        sa.Column("error", sa.Text, nullable=True),
-        sa.Column("created_at", sa.DateTime, nullable=False),
-        sa.Column("updated_at", sa.DateTime, nullable=False),
-    )
-    return {"datasets": datasets, "backtests": backtests, "optimizations": optimizations}
-
-
-def _migration_1(connection: Connection) -> None:
-    metadata = sa.MetaData()
-    _fixed_tables(metadata)
-    metadata.create_all(connection)
-
-
-def _migration_2(connection: Connection) -> None:
-    """Cancellation across replicas: any replica can flag a job; the one running it polls the flag."""
-    connection.execute(sa.text("ALTER TABLE optimizations ADD COLUMN cancel_requested BOOLEAN NOT NULL DEFAULT FALSE"))
-
-
-def _later_columns(tables: dict[str, sa.Table]) -> None:
-    """Columns added by migrations after the first, so queries see the current schema."""
-    tables["optimizations"].append_column(
-        sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false())
-    )
-
-
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_migration_1, _migration_2)
-
-MIGRATIONS_TABLE = sa.Table(
-    "schema_migrations",
-    sa.MetaData(),
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.DateTime, nullable=False),
-)
-
-
-def metric_column(name: str) -> str:
-    return METRIC_PREFIX + name
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -198,7 +98,12 @@ SUMMARY_COLUMNS = (
 )
 
 
-class Store:
+def _scoped(table: sa.Table, tenant: str | None) -> list[Any]:
+    """The WHERE clause limiting `table` to one tenant's rows (none for an admin's scope None)."""
+    return [] if tenant is None else [table.c.tenant == tenant]
+
+
+class Store(JobRows):
     """Repository over one database; every method is synchronous (callers run it in a worker thread)."""
 
     def __init__(self, url: str) -> None:
@@ -206,14 +111,11 @@ class Store:
         self.dialect = self.url.get_backend_name()
         self.engine = self._create_engine()
         self.metadata = sa.MetaData()
-        tables = _fixed_tables(self.metadata)
         self.metric_names = tuple(metric_names())
-        for name in self.metric_names:
-            tables["backtests"].append_column(sa.Column(metric_column(name), sa.Float, nullable=True))
+        tables = schema.current_tables(self.metadata, self.metric_names)
         self.datasets = tables["datasets"]
         self.backtests = tables["backtests"]
         self.optimizations = tables["optimizations"]
-        _later_columns(tables)
 
     def _create_engine(self) -> Engine:
         if self.dialect == "sqlite":
@@ -246,33 +148,8 @@ class Store:
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def migrate(self, attempts: int = 5) -> int:
-        """Apply pending migrations and add missing metric columns; returns the schema version."""
-        for attempt in range(attempts):
-            try:
-                with self.engine.begin() as connection:
-                    if self.dialect == "postgresql":
-                        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _ADVISORY_LOCK_ID})
-                    MIGRATIONS_TABLE.create(connection, checkfirst=True)
-                    applied = set(connection.execute(sa.select(MIGRATIONS_TABLE.c.version)).scalars())
-                    for version, migration in enumerate(MIGRATIONS, start=1):
-                        if version not in applied:
-                            migration(connection)
-                            connection.execute(MIGRATIONS_TABLE.insert().values(version=version, applied_at=utcnow()))
-                            log.info("event=migration_applied version=%d", version)
-                    self._sync_metric_columns(connection)
-                return len(MIGRATIONS)
-            except (OperationalError, IntegrityError, ProgrammingError):  # a concurrent migrator won the race
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        return len(MIGRATIONS)
-
-    def _sync_metric_columns(self, connection: Connection) -> None:
-        existing = {column["name"] for column in sa.inspect(connection).get_columns("backtests")}
-        for name in self.metric_names:
-            column = metric_column(name)
-            if column not in existing:
-                connection.execute(sa.text(f'ALTER TABLE backtests ADD COLUMN "{column}" FLOAT'))
+        """Apply pending expand migrations and add missing metric columns; returns the schema version."""
+        return schema.migrate(self.engine, self.dialect, self.metric_names, attempts)
 
     def ping(self) -> bool:
         try:
@@ -288,8 +165,9 @@ class Store:
     # -- datasets --------------------------------------------------------------------------------------------
 
     def add_dataset(self, row: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Insert a dataset (content-addressed id); returns (metadata, created)."""
-        existing = self.get_dataset(row["id"])
+        """Insert a dataset (id addressed by tenant and content); returns (metadata, created)."""
+        tenant = row["tenant"]
+        existing = self.get_dataset(row["id"], tenant)
         if existing is not None:
             return existing, False
         try:
@@ -297,7 +175,7 @@ class Store:
                 connection.execute(self.datasets.insert().values(**row, created_at=utcnow()))
         except IntegrityError:
             pass
-        found = self.get_dataset(row["id"])
+        found = self.get_dataset(row["id"], tenant)
         if found is None:
             raise StoreError("dataset vanished after insert")
         return found, True
@@ -305,24 +183,28 @@ class Store:
     def _dataset_columns(self) -> list[sa.Column[Any]]:
         return [c for c in self.datasets.columns if c.name != "content"]
 
-    def get_dataset(self, dataset_id: str) -> dict[str, Any] | None:
+    def get_dataset(self, dataset_id: str, tenant: str | None) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(*self._dataset_columns()).where(self.datasets.c.id == dataset_id)
+                sa.select(*self._dataset_columns()).where(
+                    self.datasets.c.id == dataset_id, *_scoped(self.datasets, tenant)
+                )
             ).first()
         return dict(row._mapping) if row else None
 
-    def dataset_content(self, dataset_id: str) -> bytes | None:
+    def dataset_content(self, dataset_id: str, tenant: str | None) -> bytes | None:
         with self.engine.connect() as connection:
             value = connection.execute(
-                sa.select(self.datasets.c.content).where(self.datasets.c.id == dataset_id)
+                sa.select(self.datasets.c.content).where(
+                    self.datasets.c.id == dataset_id, *_scoped(self.datasets, tenant)
+                )
             ).scalar()
         return bytes(value) if value is not None else None
 
     def list_datasets(
-        self, *, symbol: str | None = None, limit: int = 20, offset: int = 0
+        self, tenant: str | None, *, symbol: str | None = None, limit: int = 20, offset: int = 0
     ) -> tuple[list[dict[str, Any]], int]:
-        where = [self.datasets.c.symbol == symbol] if symbol else []
+        where = [*_scoped(self.datasets, tenant), *([self.datasets.c.symbol == symbol] if symbol else [])]
         query = sa.select(*self._dataset_columns()).where(*where)
         with self.engine.connect() as connection:
             total = connection.execute(sa.select(sa.func.count()).select_from(self.datasets).where(*where)).scalar()
@@ -333,47 +215,53 @@ class Store:
 
     # -- backtests -------------------------------------------------------------------------------------------
 
-    def find_backtest(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The stored result with this cache key, or None."""
+    def find_backtest(self, key: Mapping[str, Any], tenant: str) -> dict[str, Any] | None:
+        """The tenant's stored result with this cache key, or None."""
         where = [self.backtests.c[name] == key[name] for name in CACHE_KEY_COLUMNS]
+        where.append(self.backtests.c.tenant == tenant)
         with self.engine.connect() as connection:
             row = connection.execute(sa.select(self.backtests).where(*where)).first()
         return self._backtest_row(dict(row._mapping)) if row else None
 
-    def add_backtest(self, key: Mapping[str, Any], row: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    def add_backtest(self, key: Mapping[str, Any], row: Mapping[str, Any], tenant: str) -> tuple[dict[str, Any], bool]:
         """Insert a result; if another writer stored the same key first, return theirs. (row, created)."""
-        metrics: Mapping[str, float] = row["metrics"]
+        metrics: Mapping[str, float | None] = row["metrics"]
         values = {
             **key,
             **row,
+            "tenant": tenant,
             "id": str(uuid.uuid4()),
             "created_at": utcnow(),
-            **{metric_column(n): float(v) for n, v in metrics.items() if n in self.metric_names},
+            **{metric_column(n): _sql_metric(v) for n, v in metrics.items() if n in self.metric_names},
         }
         try:
             with self.engine.begin() as connection:
                 connection.execute(self.backtests.insert().values(**values))
         except IntegrityError:
-            existing = self.find_backtest(key)
+            existing = self.find_backtest(key, tenant)
             if existing is None:
                 raise
             return existing, False
-        stored = self.get_backtest(values["id"])
+        stored = self.get_backtest(values["id"], tenant)
         if stored is None:
             raise StoreError("backtest vanished after insert")
         return stored, True
 
-    def get_backtest(self, backtest_id: str) -> dict[str, Any] | None:
+    def get_backtest(self, backtest_id: str, tenant: str | None) -> dict[str, Any] | None:
         with self.engine.connect() as connection:
-            row = connection.execute(sa.select(self.backtests).where(self.backtests.c.id == backtest_id)).first()
+            row = connection.execute(
+                sa.select(self.backtests).where(self.backtests.c.id == backtest_id, *_scoped(self.backtests, tenant))
+            ).first()
         return self._backtest_row(dict(row._mapping)) if row else None
 
     def _backtest_row(self, mapping: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in mapping.items() if not k.startswith(METRIC_PREFIX)}
 
-    def list_backtests(self, query: BacktestQuery, summary_metrics: Sequence[str]) -> tuple[list[dict[str, Any]], int]:
+    def list_backtests(
+        self, query: BacktestQuery, summary_metrics: Sequence[str], tenant: str | None
+    ) -> tuple[list[dict[str, Any]], int]:
         table = self.backtests
-        where: list[Any] = []
+        where: list[Any] = _scoped(table, tenant)
         if query.strategy:
             where.append(table.c.strategy == query.strategy)
         if query.symbol:
@@ -389,7 +277,8 @@ class Store:
         descending = query.sort.startswith("-")
         sort_name = query.sort.lstrip("-")
         sort_column = table.c.created_at if sort_name == "created_at" else table.c[metric_column(sort_name)]
-        order = [sort_column.desc() if descending else sort_column.asc(), table.c.id]
+        # undefined metrics (NULL) last in either direction; PostgreSQL would put them first when descending
+        order = [(sort_column.desc() if descending else sort_column.asc()).nulls_last(), table.c.id]
         columns = [table.c[name] for name in SUMMARY_COLUMNS]
         columns += [table.c[metric_column(name)] for name in summary_metrics]
         with self.engine.connect() as connection:
@@ -404,42 +293,9 @@ class Store:
             items.append({**mapping, "metrics": metrics})
         return items, int(total or 0)
 
-    # -- optimization jobs -----------------------------------------------------------------------------------
 
-    def save_job(self, row: Mapping[str, Any]) -> None:
-        """Insert or update a job row (by id)."""
-        values = {**row, "updated_at": utcnow()}
-        with self.engine.begin() as connection:
-            updated = connection.execute(
-                self.optimizations.update()
-                .where(self.optimizations.c.id == row["id"])
-                .values(**{k: v for k, v in values.items() if k not in ("id", "created_at")})
-            ).rowcount
-            if not updated:
-                connection.execute(self.optimizations.insert().values(**values))
-
-    def request_cancel(self, job_id: str) -> bool:
-        """Flag a queued or running job for cancellation; False when it is unknown or finished."""
-        table = self.optimizations
-        with self.engine.begin() as connection:
-            updated = connection.execute(
-                table.update()
-                .where(table.c.id == job_id, table.c.state.in_(("queued", "running")))
-                .values(cancel_requested=True)
-            ).rowcount
-        return bool(updated)
-
-    def cancel_requested(self, job_id: str) -> bool:
-        with self.engine.connect() as connection:
-            flag = connection.execute(
-                sa.select(self.optimizations.c.cancel_requested).where(self.optimizations.c.id == job_id)
-            ).scalar()
-        return bool(flag)
-
-    def get_job(self, job_id: str) -> dict[str, Any] | None:
-        with self.engine.connect() as connection:
-            row = connection.execute(sa.select(self.optimizations).where(self.optimizations.c.id == job_id)).first()
-        return dict(row._mapping) if row else None
+def _sql_metric(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def sort_key_valid(sort: str, names: Sequence[str]) -> bool:

@@ -38,6 +38,9 @@ class FaultInjection(ApiModel):
     """Fraction of API requests the engine answers with HTTP 500."""
     added_latency: Duration = timedelta(0)
     """Latency added to every API request."""
+    result_bias: float = Field(default=0.0, ge=-0.5, le=0.5)
+    """Return-based metrics (total return, CAGR, trade returns, ...) are reported times (1 + this) while
+    every answer stays a normal, fast 200: a silently wrong release, for rehearsing the shadow comparison."""
 
 
 class EngineSettings(ApiModel):
@@ -50,12 +53,59 @@ class EngineSettings(ApiModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of the engine."""
     database_url_secret: SecretKeyRef | None = None
-    """Secret key holding a SQLAlchemy URL (PostgreSQL); SQLite on an emptyDir when omitted."""
+    """Secret key holding a SQLAlchemy URL of an external PostgreSQL; when omitted (and storage is shared)
+    the operator runs a PostgreSQL StatefulSet with a PersistentVolumeClaim for this BacktestService."""
+    storage: Literal["shared", "local"] = "shared"
+    """Where results, datasets and jobs live. `shared` (default): one PostgreSQL for every replica and both
+    revisions, surviving rollouts. `local`: SQLite on an emptyDir per pod, lost with the pod and invisible
+    to the other replicas; development only."""
     api_keys_secret: SecretKeyRef | None = None
-    """Secret key holding the engine's API keys (comma-separated, plain or sha256:<hex>); without it the
-    engine accepts requests without a key (and says so in /api/v1/health)."""
+    """Secret key holding the engine's API keys (comma-separated `[tenant:]key`, key plain or
+    sha256:<hex>). When omitted the operator generates a key (tenant `default`) and an admin key into the
+    Secret named in status.apiKeysSecret."""
+    auth: Literal["enabled", "disabled"] = "enabled"
+    """`disabled` lets every request in without a key; development only."""
+    termination_grace_period: Duration = timedelta(seconds=60)
+    """How long a stopping engine pod may take: it stops taking work, finishes its requests and running
+    optimizations, and hands the rest back to the queue within this time (ENGINE_SHUTDOWN_SECONDS is set
+    5 s shorter)."""
     fault_injection: FaultInjection = Field(default_factory=FaultInjection)
     """Faults to inject, for rehearsing rollbacks."""
+
+
+class ManagedDatabase(ApiModel):
+    """The PostgreSQL the operator runs when storage is shared and no databaseUrlSecret is given."""
+
+    image: str = Field(default="postgres:16", min_length=1)
+    """PostgreSQL image (the official image's conventions: POSTGRES_USER, POSTGRES_DB, PGDATA, uid 999)."""
+    storage_size: str = Field(default="5Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$")
+    """Size of the PersistentVolumeClaim."""
+    storage_class_name: str | None = None
+    """StorageClass of the claim; the cluster's default when omitted."""
+    resources: KubeObject = Field(default_factory=dict)
+    """Container resources; sensible requests and limits apply when empty."""
+
+
+class PrometheusPeer(ApiModel):
+    """Where the Prometheus that scrapes the engine runs (NetworkPolicy peer)."""
+
+    namespace_selector: dict[str, str] = Field(default_factory=dict)
+    """Labels of the Prometheus namespace; every namespace when empty."""
+    pod_selector: dict[str, str] = Field(default_factory=lambda: {"app.kubernetes.io/name": "prometheus"})
+    """Labels of the Prometheus pods."""
+
+
+class NetworkPolicySettings(ApiModel):
+    """NetworkPolicies the operator creates for the pods it runs."""
+
+    enabled: bool = True
+    """Create them: engine pods accept traffic only from their router and Prometheus, the database only from
+    the engine pods. Only effective where the network plugin enforces NetworkPolicies."""
+    prometheus: PrometheusPeer = Field(default_factory=PrometheusPeer)
+    """The scraping Prometheus, allowed to reach the engine pods."""
+    extra_ingress_from: list[KubeObject] = Field(default_factory=list)
+    """More NetworkPolicyPeers allowed to reach the engine pods (e.g. the Gateway's pods with the
+    gatewayAPI provider, or clients with the replicas provider)."""
 
 
 class PodSettings(ApiModel):
@@ -107,15 +157,15 @@ class ComparisonSettings(ApiModel):
     """Statistical comparison of canary against stable, on top of the absolute thresholds."""
 
     enabled: bool = True
-    """Fail a phase when the canary is significantly worse than stable."""
-    alpha: Rate = 0.05
-    """Significance level of the one-sided tests (binomial-exact for errors, Mann-Whitney U for latency)."""
+    """Fail a phase when the evidence shows the canary is worse than stable (sequential tests sharing
+    analysis.noiseBudget)."""
     error_rate_margin: Rate = 0.005
-    """Canary error rate may exceed stable's by this much before the difference matters."""
+    """Canary error rate may exceed stable's (its upper 97.5% bound) by this much before it counts as worse."""
+    slow_rate_margin: Rate = 0.005
+    """Canary share of requests over the latency objective may exceed stable's (its upper 97.5% bound) by
+    this much before it counts as worse."""
     latency_margin: Duration = timedelta(milliseconds=100)
-    """Canary p95 latency may exceed stable's by this much before the difference matters."""
-    min_latency_samples: int = Field(default=5, ge=3)
-    """Fewest p95 samples per track for the latency test; fewer makes it inconclusive."""
+    """Canary p95 latency may exceed stable's by this much before it counts as worse."""
 
 
 class QueryOverrides(ApiModel):
@@ -128,6 +178,8 @@ class QueryOverrides(ApiModel):
     """Requests answered within the latency objective ({objective} is filled in)."""
     latency_p95: str | None = None
     """p95 latency in seconds of one track ({track} is filled in)."""
+    latency_buckets: str | None = None
+    """Increase of each latency histogram bucket of one track over {window}, one series per le label."""
 
 
 class AnalysisSettings(ApiModel):
@@ -137,6 +189,11 @@ class AnalysisSettings(ApiModel):
     """How often the rollout is evaluated."""
     min_requests: int = Field(default=50, ge=1)
     """Fewer canary requests in a phase makes its verdict inconclusive, never a pass."""
+    noise_budget: float = Field(default=0.1, ge=1e-6, le=0.5)
+    """Acceptable probability that a canary sitting exactly at its limits is rolled back by chance, over a
+    whole rollout (every phase and the bake window, however many evaluations). Shared out over the
+    sequential checks; lower means fewer false rollbacks and slower detection. A healthy canary, well
+    inside its limits, is rolled back far less often (bench/results/decision-quality.md)."""
     latency_objective: Duration = timedelta(seconds=2)
     """A canary request slower than this is not a success."""
     comparison: ComparisonSettings = Field(default_factory=ComparisonSettings)
@@ -189,18 +246,20 @@ class RollbackSettings(ApiModel):
     """Triggers that roll back at once, in any phase."""
 
     max_error_rate: Rate = 0.10
-    """Canary error rate over the last interval above which the rollout rolls back at once."""
+    """Canary error rate above which the rollout rolls back at once, as soon as the evidence is clear."""
     max_fallback_rate: Rate = 0.25
     """Share of canary requests re-served by stable above which the rollout rolls back at once."""
     max_latency_increase: Duration = timedelta(seconds=2)
-    """Canary p95 minus stable p95 above which the rollout rolls back at once."""
+    """Canary p95 minus stable p95 above which the rollout rolls back at once (judged by counting the
+    canary requests slower than stable's p95 plus this)."""
     on_unhealthy: bool = True
     """Roll back when more than maxUnhealthyPods canary pods are unhealthy: crash-looping, unable to start
     from their image or configuration, or not ready for longer than readinessGrace."""
     max_analysis_errors: int = Field(default=3, ge=1)
     """Consecutive failed evaluations (Prometheus unreachable, bad query) before rolling back."""
     min_requests: int = Field(default=10, ge=1)
-    """Fewest canary requests in an interval for the error and fallback triggers to act."""
+    """Fewest canary requests in a phase before any check may roll back (the sequential tests need no
+    minimum; this is a floor against acting on a handful of requests)."""
     progress_deadline: Duration = timedelta(minutes=10)
     """Roll back when the canary pods are not ready this long after the rollout starts."""
     bake_window: Duration = timedelta(minutes=10)
@@ -210,6 +269,18 @@ class RollbackSettings(ApiModel):
     transition; terminating, evicted and preempted pods, and restarts from before the rollout, never count."""
     max_unhealthy_pods: int = Field(default=0, ge=0)
     """Unhealthy canary pods tolerated at once; the unhealthy trigger acts when more are unhealthy."""
+
+
+class ShadowSettings(ApiModel):
+    """Shadow comparison by the bundled router: copies of stable-served requests go to the canary in the
+    background and the answers are compared (docs/router.md), which catches results that are wrong without
+    failing. Off with the gatewayAPI and replicas providers, which have no router."""
+
+    fraction: Rate = 0.0
+    """Share of stable-served requests that are safe to repeat (reads and backtest runs, never uploads or job
+    control) also sent to the canary and compared; 0 turns shadowing off."""
+    max_in_flight: int = Field(default=16, ge=1, le=1000)
+    """Shadow copies running at once per router pod; a sampled request beyond this is skipped, never queued."""
 
 
 class TrafficSettings(ApiModel):
@@ -232,6 +303,8 @@ class TrafficSettings(ApiModel):
     """Scale stable down as traffic leaves it (and back up on rollback), like Argo Rollouts'
     dynamicStableScale: saves pods during a rollout, at the cost of a rollback landing on fewer ready
     stable pods. Off: stable keeps every replica until the new revision is promoted."""
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    """Shadow comparison of canary results against stable (router provider)."""
 
 
 ENGINE_LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2000, 2500, 5000, 10000, 30000, 60000)
@@ -296,6 +369,10 @@ class BacktestServiceSpec(PodSettings):
     """Immediate rollback triggers."""
     paused: bool = False
     """Hold the rollout where it is; rollback triggers still act."""
+    database: ManagedDatabase = Field(default_factory=ManagedDatabase)
+    """The managed PostgreSQL (used when engine.storage is shared and engine.databaseUrlSecret is omitted)."""
+    network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+    """Network isolation of the engine and database pods."""
 
     @model_validator(mode="after")
     def _phases_are_consistent(self) -> BacktestServiceSpec:

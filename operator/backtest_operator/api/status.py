@@ -170,6 +170,11 @@ class BacktestServiceStatus(ApiModel):
     """Most recent rollouts, newest first."""
     conditions: list[Condition] = Field(default_factory=list)
     handled_controls: HandledControls = Field(default_factory=HandledControls)
+    api_keys_secret: str | None = None
+    """The Secret holding the engine's API keys: spec.engine.apiKeysSecret, or the one the operator generated
+    (keys `api-keys` and `admin-keys`)."""
+    database: str | None = None
+    """Where results live: the managed PostgreSQL, the external database's Secret, or local SQLite."""
 
     def condition(self, kind: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == kind), None)

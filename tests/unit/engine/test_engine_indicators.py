@@ -20,7 +20,9 @@ def test_rolling_indicators_match_pandas_when_the_window_is_full(period):
     if period > 1:  # exact reference: numpy's two-pass standard deviation of every window
         windows = np.lib.stride_tricks.sliding_window_view(PRICES, period)
         expected = np.concatenate((np.full(period - 1, np.nan), windows.std(axis=1)))
-        np.testing.assert_allclose(rolling_std(PRICES, period), expected, rtol=1e-9, atol=1e-12)
+        # pandas updates the variance online; pandas 3 differs from the two-pass value by ~1e-9 relative
+        # in a window after a large move, far below any price tick.
+        np.testing.assert_allclose(rolling_std(PRICES, period), expected, rtol=1e-8, atol=1e-12)
 
 
 @pytest.mark.parametrize("period", [3, 12, 50])

@@ -1,4 +1,4 @@
-"""The metric registry: coverage, documentation, and defined values for degenerate runs."""
+"""The metric registry: coverage, documentation, and undefined values (None, never 0) for degenerate runs."""
 
 from __future__ import annotations
 
@@ -41,19 +41,22 @@ def test_registry_holds_at_least_65_documented_metrics_in_every_group_when_loade
     for m in metrics:
         assert m.name == m.name.lower() and " " not in m.name
         assert m.definition.endswith(".") and "\n" not in m.definition
-        assert math.isfinite(m.degenerate)
+        assert m.undefined_when is None or m.undefined_when.strip()
 
 
 def test_metrics_doc_is_regenerated_when_the_registry_changes():
     assert DOCS.read_text() == render_markdown(), "run: python -m backtest_engine.metrics.reference > docs/metrics.md"
 
 
-def _finite(metrics: dict[str, float]) -> None:
-    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+def _finite(metrics: dict[str, float | None]) -> None:
+    """Every value is a finite float or None, and None only where the registry documents when."""
+    bad = {k: v for k, v in metrics.items() if v is not None and not math.isfinite(v)}
     assert not bad
+    undocumented = [k for k, v in metrics.items() if v is None and get_metric(k).undefined_when is None]
+    assert not undocumented, f"undefined without a documented condition: {undocumented}"
 
 
-def test_every_metric_takes_its_degenerate_value_when_there_are_no_trades():
+def test_ratios_are_none_never_zero_when_there_are_no_trades():
     frame = synthetic_ohlcv(300, seed=1)
     bars = bars_from_frame(frame)
     config = ExecutionConfig()
@@ -61,8 +64,21 @@ def test_every_metric_takes_its_degenerate_value_when_there_are_no_trades():
     metrics = compute_metrics(metric_context(sim, bars, config, 252.0))
     _finite(metrics)
     assert metrics["num_trades"] == 0 and metrics["final_equity"] == config.cash
-    for name in ("sharpe_ratio", "sortino_ratio", "win_rate", "profit_factor", "sqn", "calmar_ratio", "beta"):
-        assert metrics[name] == get_metric(name).degenerate, name
+    for name in ("sharpe_ratio", "sortino_ratio", "win_rate", "profit_factor", "sqn", "calmar_ratio"):
+        assert metrics[name] is None, name
+    assert metrics["max_drawdown"] == 0.0 and metrics["total_return"] == 0.0  # defined, and really 0
+
+
+def test_profit_factor_is_none_when_no_trade_lost():
+    context = MetricContext(
+        equity=np.array([100.0, 101.0, 102.0]), initial_cash=100.0, periods_per_year=252.0, units=np.ones(3),
+        close=np.array([1.0, 1.01, 1.02]), trade_pnl=np.array([2.0]), trade_return=np.array([0.02]),
+        trade_bars_held=np.array([2]), trade_direction=np.array([1]), trade_fees=np.zeros(1),
+        trade_exit_reason=np.zeros(1, dtype=int), trade_notional=np.array([100.0]),
+        benchmark_returns=np.array([0.0, 0.01, 0.0099]),
+    )  # fmt: skip
+    metrics = compute_metrics(context, ["profit_factor", "win_rate", "payoff_ratio"])
+    assert metrics == {"profit_factor": None, "win_rate": 1.0, "payoff_ratio": None}
 
 
 def test_metrics_stay_finite_when_equity_is_flat_and_prices_never_move():
@@ -72,6 +88,7 @@ def test_metrics_stay_finite_when_equity_is_flat_and_prices_never_move():
     _finite(metrics)
     assert metrics["max_drawdown"] == 0.0 and metrics["annualized_volatility"] == 0.0
     assert metrics["num_trades"] == 1 and metrics["win_rate"] == 0.0
+    assert metrics["sharpe_ratio"] is None and metrics["stability"] is None
 
 
 @settings(max_examples=25, deadline=None)

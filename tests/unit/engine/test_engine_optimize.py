@@ -108,3 +108,16 @@ def test_cancel_event_stops_a_process_pool_sweep_without_hanging_when_set():
     assert result.cancelled and 0 < result.evaluated < result.total
     ranked = result.results["sharpe_ratio"].tolist()
     assert ranked == sorted(ranked, reverse=True)
+
+
+def test_sets_with_an_undefined_metric_rank_last_and_never_best_when_some_never_trade():
+    frame = synthetic_ohlcv(300, seed=5)
+    # slow windows longer than the data never trade: their Sharpe ratio is undefined, not 0
+    result = optimize(frame, "sma_crossover", {"fast": [3, 5], "slow": [20, 400]}, metric="sharpe_ratio", workers=1)
+    values = result.results["sharpe_ratio"].tolist()
+    defined = [v for v in values if v == v]
+    assert len(defined) == 2 and all(v != v for v in values[2:]), values
+    assert result.best_params["slow"] == 20
+    assert all(row["metrics"]["sharpe_ratio"] is None for row in result.to_dict()["results"][2:])
+    worst_first = optimize(frame, "sma_crossover", {"fast": [3, 5], "slow": [20, 400]}, maximize=False, workers=1)
+    assert worst_first.results["sharpe_ratio"].iloc[-1] != worst_first.results["sharpe_ratio"].iloc[-1]  # NaN last

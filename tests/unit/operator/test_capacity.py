@@ -122,12 +122,12 @@ def test_full_promotion_waits_for_the_whole_new_revision_when_requested_at_the_f
     cluster.step(plane(1, weight=10))
     # The review's defect: promote --full at 1% switched the stable Service to a revision with 1 pod.
     held = cluster.step(plane(1, weight=10), Controls(promote_full="t1"))
-    assert held.action == Action.HOLD
+    assert held.action == Action.PROMOTING
     assert held.status.promotion_pending and held.status.stable_revision != held.status.canary_revision
     assert "1 of 10 pods ready" in held.reason
     assert cluster.plan()["canary"] == 10
     assert not [e for e in held.events if e.reason == "RequestIgnored"]
-    assert cluster.step(plane(7, weight=10), Controls(promote_full="t1")).action == Action.HOLD
+    assert cluster.step(plane(7, weight=10), Controls(promote_full="t1")).action == Action.PROMOTING
     promoted = cluster.step(plane(10, weight=10), Controls(promote_full="t1"))
     assert promoted.action == Action.PROMOTE
     assert not promoted.status.promotion_pending
@@ -145,7 +145,7 @@ def test_promotion_after_the_last_phase_waits_when_canary_pods_were_lost():
     assert cluster.status.step_name == "full" and cluster.status.phase_started_at is not None
     cluster.now += timedelta(minutes=1)
     held = cluster.step(plane(8, weight=100))  # two pods evicted by a drain
-    assert held.action == Action.HOLD and held.status.phase == RolloutPhase.PROGRESSING
+    assert held.action == Action.PROMOTING and held.status.phase == RolloutPhase.PROGRESSING
     assert cluster.step(plane(10, weight=100)).action == Action.PROMOTE
 
 

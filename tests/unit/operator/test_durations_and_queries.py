@@ -1,13 +1,22 @@
 """Durations as users write them, and PromQL built from the docs/metrics-contract.md contract."""
 
-from datetime import timedelta
+import itertools
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from backtest_operator.api import AnalysisSettings, format_duration, parse_duration
-from backtest_operator.queries import bucket_matcher, build_queries, quote_label_value, selector
+from backtest_operator.queries import (
+    MAX_POINTS,
+    bucket_matcher,
+    build_queries,
+    grid_stride,
+    quote_label_value,
+    selector,
+)
+from backtest_operator.recordings import range_chunks
 
 
 @given(st.integers(min_value=0, max_value=10_000_000))
@@ -54,3 +63,21 @@ def test_spec_overrides_replace_default_templates_when_given():
     analysis = AnalysisSettings.model_validate({"queries": {"requests": "sum(my_requests{{{selector}}}[{window}])"}})
     queries = build_queries(analysis, {"job": "r"}, "stable", timedelta(minutes=10))
     assert queries.requests == 'sum(my_requests{job="r",}[600s])'
+
+
+def test_grid_stride_keeps_every_range_query_under_prometheus_point_limit_when_a_phase_is_long():
+    assert MAX_POINTS < 11_000
+    for intervals in (0, 1, 119, MAX_POINTS, MAX_POINTS + 1, 14_400, 1_000_000):
+        stride = grid_stride(intervals)
+        assert intervals // stride <= MAX_POINTS
+        assert stride == 1 or intervals // (stride - 1) > MAX_POINTS  # no coarser than needed
+
+
+def test_range_chunks_cover_a_long_range_back_to_back_under_the_point_limit_when_replaying_prometheus():
+    start, step = datetime(2026, 11, 1, tzinfo=UTC), timedelta(seconds=30)
+    end = start + timedelta(days=5)
+    chunks = range_chunks(start, end, step)
+    assert chunks[0][0] == start and chunks[-1][1] == end
+    for (_, first_end), (second_start, _) in itertools.pairwise(chunks):
+        assert second_start - first_end == step
+    assert all((b - a) / step + 1 <= MAX_POINTS for a, b in chunks)

@@ -5,12 +5,12 @@ from datetime import timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backtest_operator.analysis import Observation
-from backtest_operator.api import RolloutPhase, TrackNumbers
+from backtest_operator.analysis import Observation, Stretch
+from backtest_operator.api import RolloutPhase, TrackNumbers, Verdict
 from backtest_operator.controls import Controls
 from backtest_operator.policy import Action, decide
 
-from .rollouts import INTERVAL, healthy
+from .rollouts import INTERVAL, healthy, stretch
 
 counts = st.integers(min_value=0, max_value=5000)
 
@@ -26,15 +26,26 @@ def tracks(draw: st.DrawFn) -> TrackNumbers:
 
 
 @st.composite
+def stretches(draw: st.DrawFn) -> tuple[Stretch, ...]:
+    drawn = draw(st.lists(tracks(), min_size=0, max_size=4))
+    return tuple(stretch(t, draw(st.none() | st.floats(0.01, 3.0))) for t in drawn)
+
+
+@st.composite
 def steps(draw: st.DrawFn) -> tuple[timedelta, dict, Controls]:
     advance = timedelta(seconds=draw(st.sampled_from([0, 30, 600, 1800, 3600, 5400])))
+    canary = draw(stretches())
     obs = {
         "canary_recent": draw(tracks()),
         "stable_recent": draw(tracks()),
-        "canary_phase": draw(tracks()),
+        "canary_phase": TrackNumbers(
+            requests=sum(s.requests for s in canary),
+            errors=sum(s.errors for s in canary),
+            fallbacks=sum(s.fallbacks for s in canary),
+            slow=sum(s.slow for s in canary),
+        ),
         "stable_phase": draw(tracks()),
-        "canary_p95_samples": tuple(draw(st.lists(st.floats(0.01, 3.0), max_size=12))),
-        "stable_p95_samples": tuple(draw(st.lists(st.floats(0.01, 3.0), max_size=12))),
+        "stretches": canary,
         "canary_ready": draw(st.booleans()),
         "canary_unhealthy_pods": draw(st.sampled_from([0, 0, 0, 1])),
         "error": draw(st.sampled_from([None, None, None, "prometheus unreachable"])),
@@ -78,19 +89,30 @@ def test_nothing_advances_or_promotes_without_enough_data_when_no_request_is_mad
     for _before, obs, _controls, decision, driver in _replay(plan, with_controls=False):
         if decision.action in (Action.ADVANCE, Action.PROMOTE):
             assert obs.error is None
-            assert obs.canary_phase.requests >= driver.spec.analysis.min_requests
+            assert sum(s.requests for s in obs.stretches) >= driver.spec.analysis.min_requests
 
 
 @SETTINGS
 @given(PLANS)
-def test_error_trigger_always_wins_when_it_trips_mid_phase(plan):
-    for before, obs, _controls, decision, driver in _replay(plan, with_controls=True):
+def test_a_failing_trigger_always_wins_over_pause_and_requests_when_it_trips_mid_phase(plan):
+    for before, _obs, _controls, decision, _driver in _replay(plan, with_controls=True):
         in_phase = before.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED) and before.phase_started_at
-        same_revision = before.canary_revision == driver.spec.revision()
-        canary = obs.canary_recent
-        tripped = canary.requests >= 10 and canary.errors / canary.requests > 0.10
-        if in_phase and same_revision and obs.error is None and tripped:
+        tripped = [c for c in decision.checks if c.verdict == Verdict.FAIL]
+        if in_phase and tripped:
             assert decision.action == Action.ROLLBACK
+
+
+@SETTINGS
+@given(PLANS)
+def test_no_metric_check_rolls_back_a_canary_without_a_single_bad_request(plan):
+    for _before, obs, _controls, decision, _driver in _replay(plan, with_controls=False):
+        clean = all(s.errors == 0 and s.fallbacks == 0 and s.slow == 0 for s in obs.stretches)
+        fast = all(
+            s.stable_p95_seconds is None or s.latency is None or (s.latency.quantile() or 0.0) <= s.stable_p95_seconds
+            for s in obs.stretches
+        )
+        if decision.action == Action.ROLLBACK and clean and fast:
+            assert decision.failing_check in ("unhealthy", "analysis", "progress_deadline"), decision.reason
 
 
 @SETTINGS

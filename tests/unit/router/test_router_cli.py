@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from backtest_engine.router.cli import add_router_parser, build_parser, run_router, weight_source_from_args
+from backtest_engine.router.cli import (
+    add_router_parser,
+    build_parser,
+    config_from_args,
+    run_router,
+    weight_source_from_args,
+)
 from backtest_engine.router.weights import ConfigMapWeightSource, FileWeightSource
 
 
@@ -74,3 +80,22 @@ def test_module_entry_point_prints_usage_when_asked():
         [sys.executable, "-m", "backtest_engine.router", "--help"], capture_output=True, text=True, check=True
     )
     assert "--weight-configmap" in result.stdout
+
+
+def test_shadowing_is_off_by_default_and_configurable_when_parsed():
+    base = ["--stable", "http://s", "--canary", "http://c", "--weight-file", "w"]
+    default = config_from_args(build_parser().parse_args(base))
+    assert (default.shadow_fraction, default.shadow_max_in_flight) == (0.0, 16)
+    chosen = config_from_args(
+        build_parser().parse_args([*base, "--shadow-fraction", "0.1", "--shadow-max-in-flight", "4"])
+    )
+    assert (chosen.shadow_fraction, chosen.shadow_max_in_flight) == (0.1, 4)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "many"])
+def test_shadow_fraction_outside_zero_to_one_exits_2_with_the_flag_named_when_parsed(value, capsys):
+    base = ["--stable", "http://s", "--canary", "http://c", "--weight-file", "w"]
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*base, "--shadow-fraction", value])
+    assert exit_info.value.code == 2
+    assert "--shadow-fraction" in capsys.readouterr().err

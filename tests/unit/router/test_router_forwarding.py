@@ -3,6 +3,7 @@
 import pytest
 
 from backtest_engine.router.forwarding import (
+    PROXY_TOKEN_HEADER,
     BodyTooLargeError,
     ClientDisconnectedError,
     end_to_end,
@@ -88,3 +89,11 @@ async def test_body_is_refused_when_over_limit():
 async def test_body_read_stops_when_client_disconnects():
     with pytest.raises(ClientDisconnectedError):
         await read_body(_receiver([{"type": "http.disconnect"}]), limit=4)
+
+
+def test_router_sends_its_proxy_token_and_drops_the_clients_when_it_has_one():
+    scope = {"headers": [(b"x-backtest-proxy-token", b"forged"), (b"host", b"h")], "client": ("10.1.2.3", 5)}
+    with_token = upstream_request_headers(scope, b"router-secret")
+    assert [v for n, v in with_token if n == PROXY_TOKEN_HEADER] == [b"router-secret"]
+    assert (b"x-forwarded-for", b"10.1.2.3") in with_token
+    assert not [v for n, v in upstream_request_headers(scope) if n == PROXY_TOKEN_HEADER]

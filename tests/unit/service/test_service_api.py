@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backtest_engine.data import synthetic_ohlcv
-from tests.unit.service.conftest import AUTH, SYNTHETIC, ClientFactory, backtest_body
+from backtest_engine.service.jobrows import JobBounds
+from tests.unit.service.conftest import AUTH, KEY, SYNTHETIC, ClientFactory, backtest_body
 
 PROBLEM_KEYS = {"type", "title", "status", "detail"}
 
@@ -38,7 +39,7 @@ def test_health_answers_without_a_key_when_auth_is_enabled(client: TestClient):
     body = client.get("/api/v1/health").json()
     assert body["status"] == "ok"
     assert body["auth"] == "enabled"
-    assert body["faults"] == {"enabled": False, "error_rate": 0.0, "latency_seconds": 0.0}
+    assert body["faults"] == {"enabled": False, "error_rate": 0.0, "latency_seconds": 0.0, "result_bias": 0.0}
 
 
 def test_ready_reports_the_database_when_it_is_reachable(client: TestClient):
@@ -75,7 +76,7 @@ def test_metrics_carry_version_and_track_labels_when_set(make_client: ClientFact
 
 
 def test_openapi_document_lists_every_endpoint_when_fetched(client: TestClient):
-    paths = client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json", headers=AUTH).json()["paths"]
     for path in (
         "/api/v1/health",
         "/api/v1/ready",
@@ -116,6 +117,12 @@ def test_every_api_route_requires_a_key_when_auth_is_enabled(client: TestClient)
         assert client.request(method, path).status_code == 401, (method, path)
 
 
+def test_api_description_requires_a_key_when_auth_is_enabled(client: TestClient):
+    assert client.get("/openapi.json").status_code == 401
+    assert client.get("/openapi.json", headers=AUTH).status_code == 200
+    assert client.get("/docs").status_code == 404  # no page describing the API to callers without a key
+
+
 def test_second_key_is_accepted_when_several_are_configured(client: TestClient):
     assert client.get("/api/v1/strategies", headers={"X-API-Key": "test-key-2"}).status_code == 200
 
@@ -131,9 +138,20 @@ def test_api_answers_429_with_retry_after_when_a_key_exceeds_its_rate(make_clien
     assert client.get("/api/v1/health").status_code == 200  # never limited
 
 
-def test_api_accepts_any_caller_when_no_key_is_configured(make_client: ClientFactory):
+def test_api_refuses_every_api_request_but_probes_when_no_key_is_configured(make_client: ClientFactory):
     client = make_client(api_keys="")
+    refused = client.get("/api/v1/strategies", headers=AUTH)
+    assert_problem(refused, 401)
+    assert "ENGINE_AUTH=disabled" in refused.json()["detail"]
+    assert client.get("/openapi.json", headers=AUTH).status_code == 401
+    assert client.get("/api/v1/health").json()["auth"] == "enabled"
+    assert client.get("/api/v1/ready").status_code == 200 and client.get("/metrics").status_code == 200
+
+
+def test_api_accepts_any_caller_only_when_auth_is_explicitly_disabled(make_client: ClientFactory):
+    client = make_client(api_keys="", auth="disabled")
     assert client.get("/api/v1/strategies").status_code == 200
+    assert client.get("/openapi.json").status_code == 200
     assert client.get("/api/v1/health").json()["auth"] == "disabled"
 
 
@@ -380,11 +398,8 @@ def test_optimization_reports_progress_and_best_results_when_it_finishes(client:
     sharpes = [row["metrics"]["sharpe_ratio"] for row in status["best"]]
     assert len(sharpes) == 6 and sharpes == sorted(sharpes, reverse=True)
     assert_problem(client.delete(f"/api/v1/optimizations/{status['id']}", headers=AUTH), 409)
-    deadline = time.monotonic() + 5
-    series = 'backtest_engine_jobs{state="succeeded",track="",version="0.1.0"} 1.0'
-    while series not in client.get("/metrics").text:  # the gauge follows the state change
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    assert client.app.state.jobs.held == 0  # a finished job leaves memory; its row keeps the result
+    assert 'backtest_engine_jobs{state="running",track="",version="0.1.0"} 0.0' in client.get("/metrics").text
 
 
 def test_optimization_stops_with_partial_results_when_cancelled(client: TestClient):
@@ -468,24 +483,53 @@ def test_optimization_is_cancelled_when_another_replica_receives_the_delete(make
     assert wait_for_state(other, started["id"], {"cancelled"}, timeout=5)["state"] == "cancelled"
 
 
-def test_optimization_reads_as_failed_when_its_process_stopped_heartbeating(client: TestClient):
+def _orphan(client: TestClient, *, attempts: int = 0, owner: str = "gone-host:1") -> str:
+    """A job row left `running` by a process that died five minutes ago (no heartbeat since)."""
     store = client.app.state.store
     stale = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=5)
-    store.save_job(
+    request = {"strategy": "sma_crossover", "space": {"fast": [3, 5], "slow": [20]}, "synthetic": SYNTHETIC}
+    tenant = _tenant_of(client)
+    store.admit_job(
         {
-            "id": "orphan",
-            "state": "running",
-            "strategy": "macd",
-            "request": {"metric": "sharpe_ratio"},
-            "done": 3,
-            "total": 10,
-            "best": [],
-            "error": None,
-            "created_at": stale,
-        }
-    )
+            "id": "orphan", "tenant": tenant, "state": "running", "strategy": "sma_crossover", "request": request,
+            "done": 1, "total": 2, "best": [], "error": None, "created_at": stale, "owner": owner,
+            "attempts": attempts,
+        },
+        JobBounds(100, 100),
+    )  # fmt: skip
     with store.engine.begin() as connection:
         connection.execute(store.optimizations.update().values(updated_at=stale))
-    status = client.get("/api/v1/optimizations/orphan", headers=AUTH).json()
-    assert status["state"] == "failed" and status["error"].startswith("lost")
-    assert_problem(client.delete("/api/v1/optimizations/orphan", headers=AUTH), 409)
+    return "orphan"
+
+
+def _tenant_of(client: TestClient) -> str:
+    return client.app.state.access.keyring.authenticate(KEY).tenant
+
+
+def test_optimization_is_requeued_and_finished_when_its_process_stopped_heartbeating(client: TestClient):
+    job_id = _orphan(client)
+    assert client.get(f"/api/v1/optimizations/{job_id}", headers=AUTH).json()["state"] == "running"
+    client.app.state.jobs.recover()  # what every replica's heartbeat does
+    status = wait_for_state(client, job_id, {"succeeded", "failed"})
+    assert status["state"] == "succeeded" and status["progress"]["done"] == 2, status
+
+
+def test_optimization_is_failed_not_left_running_when_its_runner_died_too_often(client: TestClient):
+    job_id = _orphan(client, attempts=3)
+    client.app.state.jobs.recover()
+    status = client.get(f"/api/v1/optimizations/{job_id}", headers=AUTH).json()
+    assert status["state"] == "failed" and status["error"].startswith("lost"), status
+    assert_problem(client.delete(f"/api/v1/optimizations/{job_id}", headers=AUTH), 409)
+
+
+def test_optimization_of_this_process_previous_incarnation_is_requeued_when_it_starts(make_client: ClientFactory):
+    first = make_client()
+    owner = first.app.state.jobs.owner
+    job_id = _orphan(first, owner=owner)
+    with first.app.state.store.engine.begin() as connection:  # heart-beat a second ago: not stale yet
+        connection.execute(
+            first.app.state.store.optimizations.update().values(updated_at=datetime.now(UTC).replace(tzinfo=None))
+        )
+    second = make_client()  # the same container restarted: same host name and pid
+    status = wait_for_state(second, job_id, {"succeeded", "failed"})
+    assert status["state"] == "succeeded", status

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 from pydantic import ValidationError
 
-from backtest_engine.service.auth import KeyRing, digest
+from backtest_engine.service.auth import KeyRing, Principal, digest
 from backtest_engine.service.ratelimit import RateLimiter
 from backtest_engine.service.settings import ServiceSettings
 
@@ -41,10 +41,30 @@ def test_keyring_refuses_when_the_key_is_missing_or_unknown():
     assert ring.authenticate("A") is None
 
 
-def test_keyring_accepts_everyone_when_no_key_is_configured():
+def test_keyring_refuses_everyone_when_no_key_is_configured_and_auth_is_on():
     ring = KeyRing([])
-    assert not ring.enabled
-    assert ring.authenticate(None) is not None
+    assert ring.enabled and not ring.configured
+    assert ring.authenticate(None) is None and ring.authenticate("anything") is None
+
+
+def test_keyring_accepts_everyone_as_anonymous_only_when_disabled():
+    ring = KeyRing(["a"], enabled=False)
+    assert ring.authenticate(None) == Principal(tenant="anonymous", key_id="anonymous")
+
+
+def test_keys_are_their_own_tenants_unless_grouped_and_admins_see_every_tenant():
+    hashed = "sha256:" + hashlib.sha256(b"k3").hexdigest()
+    ring = KeyRing(["k1", "desk:k2", f"desk:{hashed}"], ["ops:root"])
+    k1, k2, k3, root = (ring.authenticate(k) for k in ("k1", "k2", "k3", "root"))
+    assert k1.tenant.startswith("key-") and k1.scope == k1.tenant and not k1.admin
+    assert k2.tenant == k3.tenant == "desk" and k2.key_id != k3.key_id
+    assert root.admin and root.tenant == "ops" and root.scope is None
+
+
+@pytest.mark.parametrize("entry", ["bad tenant:k", ":k", "desk:", "sha256:zz", "sha256:k"])
+def test_settings_refuse_a_key_entry_when_it_is_malformed(entry):
+    with pytest.raises(ValidationError):
+        ServiceSettings(api_keys=entry)
 
 
 def test_bucket_allows_a_burst_up_to_the_rate_then_refuses_when_empty():

@@ -8,18 +8,20 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
+from backtest_engine.service.jobrows import JobBounds, QueueFull
+from backtest_engine.service.schema import MIGRATIONS, MIGRATIONS_TABLE, _migration_1
 from backtest_engine.service.store import (
-    MIGRATIONS,
-    MIGRATIONS_TABLE,
     BacktestQuery,
     MetricFilter,
     Store,
-    _migration_1,
     metric_column,
     normalize_url,
     parse_metric_filter,
     utcnow,
 )
+
+T = "tenant-a"
+WIDE = JobBounds(max_active=100, max_per_tenant=100)
 
 NAMES = ("sharpe_ratio", "total_return")
 
@@ -102,51 +104,51 @@ def test_concurrent_migrations_all_succeed_when_pods_start_together(database_url
 
 
 def test_same_cache_key_returns_the_first_row_when_stored_twice(store: Store):
-    first, created = store.add_backtest(key(), row(1.0))
-    second, created_again = store.add_backtest(key(), row(2.0))
+    first, created = store.add_backtest(key(), row(1.0), T)
+    second, created_again = store.add_backtest(key(), row(2.0), T)
     assert created and not created_again
     assert second["id"] == first["id"] and second["metrics"]["sharpe_ratio"] == 1.0
-    assert store.find_backtest(key())["id"] == first["id"]
+    assert store.find_backtest(key(), T)["id"] == first["id"]
 
 
 @pytest.mark.parametrize("field", ["strategy", "params_hash", "dataset_key", "timeframe", "engine_version"])
 def test_cache_key_differs_when_any_component_differs(store: Store, field: str):
-    store.add_backtest(key(), row())
-    other, created = store.add_backtest(key(**{field: "other"}), row())
+    store.add_backtest(key(), row(), T)
+    other, created = store.add_backtest(key(**{field: "other"}), row(), T)
     assert created
-    assert store.find_backtest(key(**{field: "other"}))["id"] == other["id"]
+    assert store.find_backtest(key(**{field: "other"}), T)["id"] == other["id"]
 
 
 def test_cache_key_differs_when_the_date_range_differs(store: Store):
-    store.add_backtest(key(), row())
-    _, created = store.add_backtest(key(end_time=datetime(2020, 7, 1)), row())
+    store.add_backtest(key(), row(), T)
+    _, created = store.add_backtest(key(end_time=datetime(2020, 7, 1)), row(), T)
     assert created
 
 
 def test_list_filters_by_metric_ranges_and_sorts_when_asked(store: Store):
     for i, sharpe in enumerate([0.5, 1.5, 2.5, -1.0]):
-        store.add_backtest(key(params_hash=str(i)), row(sharpe))
+        store.add_backtest(key(params_hash=str(i)), row(sharpe), T)
     query = BacktestQuery(metrics=(MetricFilter("sharpe_ratio", ">", 0.0),), sort="-sharpe_ratio")
-    items, total = store.list_backtests(query, NAMES)
+    items, total = store.list_backtests(query, NAMES, T)
     assert total == 3
     assert [i["metrics"]["sharpe_ratio"] for i in items] == [2.5, 1.5, 0.5]
     ranged = BacktestQuery(
         metrics=(MetricFilter("sharpe_ratio", ">=", 0.5), MetricFilter("total_return", "<", 0.2)), sort="sharpe_ratio"
     )
-    items, total = store.list_backtests(ranged, NAMES)
+    items, total = store.list_backtests(ranged, NAMES, T)
     assert [i["metrics"]["sharpe_ratio"] for i in items] == [0.5, 1.5]
 
 
 def test_list_filters_by_strategy_symbol_and_dates_when_given(store: Store):
-    store.add_backtest(key(), row(symbol="AAA"))
+    store.add_backtest(key(), row(symbol="AAA"), T)
     store.add_backtest(
-        key(strategy="macd", start_time=datetime(2021, 1, 1), end_time=datetime(2021, 5, 1)), row(symbol="BBB")
+        key(strategy="macd", start_time=datetime(2021, 1, 1), end_time=datetime(2021, 5, 1)), row(symbol="BBB"), T
     )
-    assert store.list_backtests(BacktestQuery(strategy="macd"), NAMES)[1] == 1
-    assert store.list_backtests(BacktestQuery(symbol="AAA"), NAMES)[1] == 1
-    assert store.list_backtests(BacktestQuery(start=datetime(2020, 12, 1)), NAMES)[1] == 1
-    assert store.list_backtests(BacktestQuery(end=datetime(2020, 12, 1)), NAMES)[1] == 1
-    page, total = store.list_backtests(BacktestQuery(limit=1, offset=1), NAMES)
+    assert store.list_backtests(BacktestQuery(strategy="macd"), NAMES, T)[1] == 1
+    assert store.list_backtests(BacktestQuery(symbol="AAA"), NAMES, T)[1] == 1
+    assert store.list_backtests(BacktestQuery(start=datetime(2020, 12, 1)), NAMES, T)[1] == 1
+    assert store.list_backtests(BacktestQuery(end=datetime(2020, 12, 1)), NAMES, T)[1] == 1
+    page, total = store.list_backtests(BacktestQuery(limit=1, offset=1), NAMES, T)
     assert total == 2 and len(page) == 1
 
 
@@ -161,17 +163,21 @@ def test_datasets_are_content_addressed_when_added_twice(store: Store):
         "end_time": datetime(2020, 1, 3),
         "size_bytes": 5,
         "content": b"\x00\x01binary",
+        "tenant": T,
     }
     _, created = store.add_dataset(values)
     again, created_again = store.add_dataset({**values, "name": "b.csv"})
     assert created and not created_again and again["name"] == "a.csv"
-    assert store.dataset_content("abc123") == b"\x00\x01binary"
-    assert store.list_datasets(symbol="AAA")[1] == 1 and store.list_datasets(symbol="ZZZ")[1] == 0
+    assert store.dataset_content("abc123", T) == b"\x00\x01binary"
+    assert store.list_datasets(T, symbol="AAA")[1] == 1 and store.list_datasets(T, symbol="ZZZ")[1] == 0
+    assert store.get_dataset("abc123", "tenant-b") is None and store.list_datasets("tenant-b")[1] == 0
+    assert store.get_dataset("abc123", None) is not None  # an admin's scope
 
 
-def test_job_rows_are_upserted_when_saved_repeatedly(store: Store):
+def test_job_rows_are_updated_when_saved_repeatedly(store: Store):
     job = {
         "id": "j1",
+        "tenant": T,
         "state": "queued",
         "strategy": "macd",
         "request": {"metric": "sharpe_ratio"},
@@ -181,10 +187,24 @@ def test_job_rows_are_upserted_when_saved_repeatedly(store: Store):
         "error": None,
         "created_at": datetime(2020, 1, 1),
     }
-    store.save_job(job)
+    store.admit_job(job, WIDE)
     store.save_job({**job, "state": "succeeded", "done": 4})
-    saved = store.get_job("j1")
+    saved = store.get_job("j1", T)
     assert saved["state"] == "succeeded" and saved["done"] == 4 and saved["request"] == {"metric": "sharpe_ratio"}
+    assert store.get_job("j1", "tenant-b") is None
+
+
+def test_job_admission_refuses_when_the_tenant_or_the_service_is_full(store: Store):
+    base = {"state": "queued", "strategy": "macd", "request": {}, "done": 0, "total": 1, "best": [], "error": None}
+    bounds = JobBounds(max_active=3, max_per_tenant=2)
+    for number, tenant in enumerate(["a", "a", "b"]):
+        store.admit_job({**base, "id": f"j{number}", "tenant": tenant, "created_at": utcnow()}, bounds)
+    with pytest.raises(QueueFull, match="this tenant"):
+        store.admit_job({**base, "id": "j3", "tenant": "a", "created_at": utcnow()}, bounds)
+    with pytest.raises(QueueFull, match="the service"):
+        store.admit_job({**base, "id": "j4", "tenant": "c", "created_at": utcnow()}, bounds)
+    store.save_job({**base, "id": "j0", "tenant": "a", "state": "succeeded", "created_at": utcnow()})
+    store.admit_job({**base, "id": "j5", "tenant": "a", "created_at": utcnow()}, bounds)  # a slot came free
 
 
 def test_postgres_urls_use_psycopg_when_no_driver_is_named():
@@ -216,9 +236,10 @@ def test_later_migrations_apply_when_the_database_is_at_version_one(database_url
 
 
 def test_cancel_flag_is_set_only_when_the_job_is_still_live(store: Store):
-    base = {"strategy": "macd", "request": {}, "done": 0, "total": 1, "best": [], "error": None}
-    store.save_job({**base, "id": "live", "state": "running", "created_at": datetime(2020, 1, 1)})
-    store.save_job({**base, "id": "done", "state": "succeeded", "created_at": datetime(2020, 1, 1)})
-    assert store.request_cancel("live") and store.cancel_requested("live")
-    assert not store.request_cancel("done") and not store.cancel_requested("done")
-    assert not store.request_cancel("unknown")
+    base = {"strategy": "macd", "request": {}, "done": 0, "total": 1, "best": [], "error": None, "tenant": T}
+    store.admit_job({**base, "id": "live", "state": "running", "created_at": datetime(2020, 1, 1)}, WIDE)
+    store.admit_job({**base, "id": "done", "state": "succeeded", "created_at": datetime(2020, 1, 1)}, WIDE)
+    assert not store.request_cancel("live", "tenant-b") and not store.cancel_requested("live")
+    assert store.request_cancel("live", T) and store.cancel_requested("live")
+    assert not store.request_cancel("done", T) and not store.cancel_requested("done")
+    assert not store.request_cancel("unknown", None)
