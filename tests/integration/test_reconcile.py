@@ -144,7 +144,8 @@ def test_rollout_rolls_back_and_scales_canary_down_when_prometheus_stays_unreach
     begin = harness.step_until(Action.BEGIN)
     assert harness.weight() == "1"
     assert harness.selector("quant-canary")["backtest.dev/revision"] == canary
-    assert timedelta(0) < begin.next_in <= timedelta(seconds=1)  # one interval from the start of the pass
+    # One interval from the start of the pass (0 when the pass itself took the whole interval: loaded machine).
+    assert timedelta(0) <= begin.next_in <= timedelta(seconds=1)
     holds = [harness.step() for _ in range(2)]
     assert [h.decision.action for h in holds] == [Action.HOLD, Action.HOLD]
     assert "unreachable" in holds[0].decision.reason
