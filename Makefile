@@ -38,7 +38,7 @@ crds: setup
 	cp crds/$(CRD_FILE) charts/backtest-operator/crds/$(CRD_FILE)
 	$(BIN)/python -m backtest_operator.reference > docs/backtestservice-reference.md
 
-## System packages the tests need (Prometheus and PostgreSQL from Debian); skipped when already installed.
+## System packages the tests need (Prometheus, PostgreSQL, Lua 5.1 from Debian); skipped when already installed.
 deps-system:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing the Debian package prometheus"; \
@@ -46,8 +46,11 @@ deps-system:
 	@{ ls /usr/lib/postgresql/*/bin/initdb && ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1 || { \
 	  echo "installing the Debian package postgresql"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+	@command -v lua5.1 >/dev/null 2>&1 || { \
+	  echo "installing the Debian package lua5.1 (runs the Argo CD health check in tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.1; }
 
-## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok and helm once (cached by version).
+## Build etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, helm and kstatus once (cached by version).
 cluster-build: setup
 	$(BIN)/python -m backtest_devtools.cluster build
 

@@ -12,6 +12,7 @@ they import, then one `go build` produces all binaries of that release.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -42,10 +43,20 @@ class GoRelease:
     programs: dict[str, str]  # binary name -> import path of its main package
     tags: tuple[str, ...] = ()
     ldflags: Callable[[GoRelease], list[str]] = field(default=lambda _r: [])
+    sources: dict[str, str] = field(default_factory=dict)
+    """Go files of a program of our own, written into the wrapper module (its programs' import path is the
+    wrapper module's path); empty for upstream programs."""
 
     def binary(self, settings: Settings, name: str) -> Path:
-        """Cache path of one binary: bin/<name>-<version>/<name>."""
-        return settings.bin_dir / f"{name}-{self.version}" / name
+        """Cache path of one binary: bin/<name>-<version>/<name>, plus a digest of our own sources if any."""
+        return settings.bin_dir / f"{name}-{self.version}{self.stamp}" / name
+
+    @property
+    def stamp(self) -> str:
+        if not self.sources:
+            return ""
+        text = "".join(f"{name}\0{body}\0" for name, body in sorted(self.sources.items()))
+        return "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
 
     def is_cached(self, settings: Settings) -> bool:
         return all(os.access(self.binary(settings, name), os.X_OK) for name in self.programs)
@@ -117,6 +128,60 @@ def _helm_ldflags(release: GoRelease) -> list[str]:
     return flags
 
 
+KSTATUS_MAIN = """// kstatus: print the verdict of sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute for each object.
+// Reads a JSON object or a JSON list of objects on stdin; writes one JSON line per object.
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+)
+
+func main() {
+	data, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		fail(err)
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(data, &items); err != nil {
+		items = []json.RawMessage{data}
+	}
+	out := json.NewEncoder(os.Stdout)
+	for _, item := range items {
+		object := &unstructured.Unstructured{}
+		if err := object.UnmarshalJSON(item); err != nil {
+			fail(err)
+		}
+		result, err := status.Compute(object)
+		if err != nil {
+			fail(err)
+		}
+		verdict := map[string]string{"status": string(result.Status), "message": result.Message}
+		if err := out.Encode(verdict); err != nil {
+			fail(err)
+		}
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
+}
+"""
+KSTATUS = GoRelease(
+    label="kstatus",
+    module="sigs.k8s.io/cli-utils",
+    version="v0.37.2",
+    programs={"kstatus": "backtest.dev/devtools/kstatus"},
+    sources={"main.go": KSTATUS_MAIN},
+)
+"""Flux's health verdict, computed by the library Flux uses (tests/e2e/test_mechanics.py, GitOps health)."""
+
 HELM = GoRelease(
     label="helm",
     module="helm.sh/helm/v3",
@@ -124,7 +189,7 @@ HELM = GoRelease(
     programs={"helm": "helm.sh/helm/v3/cmd/helm"},
     ldflags=_helm_ldflags,
 )
-RELEASES: tuple[GoRelease, ...] = (ETCD, KWOK, KUBERNETES, HELM)
+RELEASES: tuple[GoRelease, ...] = (ETCD, KWOK, KUBERNETES, HELM, KSTATUS)
 
 
 def binary(settings: Settings, name: str) -> Path:
@@ -177,6 +242,8 @@ def build_release(settings: Settings, release: GoRelease, say: Report) -> float:
     upstream = _download(settings, release, env, log)
     (workdir / "go.mod").write_text(wrapper_go_mod(release, Path(upstream["GoMod"]).read_text()))
     (workdir / "go.sum").touch()
+    for name, text in release.sources.items():
+        (workdir / name).write_text(text)
     _run([settings.go, "mod", "tidy"], workdir, env, log, release.label)
     packages = list(release.programs.values())
     total = _count_packages(settings, release, workdir, env, log)
@@ -210,8 +277,9 @@ def build_release(settings: Settings, release: GoRelease, say: Report) -> float:
 def wrapper_go_mod(release: GoRelease, upstream_go_mod: str) -> str:
     """A go.mod that requires the release and pins its local-path replaces to published versions."""
     go_version = re.search(r"^go (\S+)", upstream_go_mod, re.M)
+    own = f"backtest.dev/devtools/{release.label}"
     lines = [
-        f"module backtest.dev/devtools/{release.label}",
+        f"module {own}",
         "",
         f"go {go_version.group(1) if go_version else '1.26'}",
         "",
@@ -223,9 +291,11 @@ def wrapper_go_mod(release: GoRelease, upstream_go_mod: str) -> str:
         lines.append("replace (")
         lines += [f"\t{module} => {module} {published_version(release, module)}" for module in replaces]
         lines += [")", ""]
-    lines.append("tool (")
-    lines += [f"\t{package}" for package in release.programs.values()]
-    lines += [")", ""]
+    upstream = [package for package in release.programs.values() if not package.startswith(own)]
+    if upstream:
+        lines.append("tool (")
+        lines += [f"\t{package}" for package in upstream]
+        lines += [")", ""]
     return "\n".join(lines)
 
 

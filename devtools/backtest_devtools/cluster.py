@@ -206,6 +206,9 @@ class LocalCluster:
                 f"--tls-private-key-file={pki.apiserver.key}",
                 f"--client-ca-file={pki.ca.cert}",
                 "--authorization-mode=RBAC",
+                # As hardened clusters (OpenShift) run it: setting blockOwnerDeletion on an owner reference
+                # needs `update` on the owner's finalizers, which the operator's role must therefore grant.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 f"--service-cluster-ip-range={certs.SERVICE_CIDR}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki.service_account_pub}",

@@ -99,13 +99,14 @@ def pod_checks(spec: BacktestServiceSpec, unhealthy: int, who: str = "canary") -
     """Pod health, from the Kubernetes API: it holds whether or not Prometheus answers."""
     if not spec.rollback.on_unhealthy:
         return []
+    tolerated = spec.rollback.max_unhealthy_pods
     return [
         CheckResult(
             name="unhealthy",
-            verdict=Verdict.FAIL if unhealthy > 0 else Verdict.PASS,
+            verdict=Verdict.FAIL if unhealthy > tolerated else Verdict.PASS,
             value=float(unhealthy),
-            threshold=0.0,
-            message=f"{unhealthy} {who} pods not ready or restarting",
+            threshold=float(tolerated),
+            message=f"{unhealthy} {who} pods unhealthy (crash loop, or not ready past the grace period)",
         )
     ]
 

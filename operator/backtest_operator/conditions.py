@@ -1,4 +1,12 @@
-"""Kubernetes-convention conditions (Ready, Progressing, Degraded) derived from the rollout state."""
+"""Kubernetes-convention conditions derived from the rollout state.
+
+Ready, Progressing and Degraded say what an SRE asks; Reconciling and Stalled are the "abnormal-true"
+conditions of the kstatus conventions (sigs.k8s.io/cli-utils), which Flux and ``kubectl wait`` read:
+Reconciling is True while a rollout (or its bake) runs, Stalled is True once a release was rolled back,
+until a new spec or a retry. Without them kstatus falls back to Ready and calls an object Current in the
+middle of a rollout and after a rollback. WeightApplied says whether the data plane applies the weight
+the operator asked for (docs/operations.md, "GitOps health").
+"""
 
 from __future__ import annotations
 
@@ -43,8 +51,16 @@ _PROGRESSING: dict[RolloutPhase, tuple[ConditionStatus, str]] = {
 }
 
 
+_RECONCILING: dict[RolloutPhase, str] = {
+    RolloutPhase.INITIALIZING: "Initializing",
+    RolloutPhase.PROGRESSING: "RolloutInProgress",
+    RolloutPhase.PAUSED: "RolloutPaused",
+    RolloutPhase.BAKING: "Baking",
+}
+
+
 def derive_conditions(
-    status: BacktestServiceStatus, stable_ready: bool, generation: int, now: datetime
+    status: BacktestServiceStatus, stable_ready: bool, generation: int, now: datetime, weight_note: str = ""
 ) -> list[Condition]:
     """Conditions as a function of the rollout state; unchanged inputs give unchanged conditions."""
     conditions = list(status.conditions)
@@ -64,6 +80,35 @@ def derive_conditions(
         last = status.history[0] if status.history else None
         degraded_reason = "Aborted" if last is not None and last.outcome == Outcome.ABORTED else "RolledBack"
         conditions = set_condition(conditions, "Degraded", "True", degraded_reason, status.message, generation, now)
+        conditions = set_condition(conditions, "Stalled", "True", degraded_reason, status.message, generation, now)
     else:
         conditions = set_condition(conditions, "Degraded", "False", "AsExpected", "", generation, now)
-    return conditions
+        conditions = set_condition(conditions, "Stalled", "False", "AsExpected", "", generation, now)
+    reconciling = _RECONCILING.get(status.phase)
+    if reconciling is not None:
+        conditions = set_condition(conditions, "Reconciling", "True", reconciling, status.message, generation, now)
+    else:
+        conditions = set_condition(conditions, "Reconciling", "False", reason, "", generation, now)
+    return _weight_condition(conditions, status, generation, now, weight_note)
+
+
+def _weight_condition(
+    conditions: list[Condition], status: BacktestServiceStatus, generation: int, now: datetime, note: str
+) -> list[Condition]:
+    """WeightApplied: True when the data plane's weight (read back) is the one asked for."""
+    asked, applied = status.canary_weight, status.effective_weight
+    if applied is None and not note:
+        # Nothing was read back (the simulator; the router while no rollout runs): no claim either way.
+        return [c for c in conditions if c.type != "WeightApplied"]
+    if applied == asked:
+        return set_condition(
+            conditions, "WeightApplied", "True", "DataPlaneAgrees", f"the data plane sends {applied}% to the canary",
+            generation, now,
+        )  # fmt: skip
+    if applied is None:
+        reason, message = "Unreadable", f"{asked}% asked; {note}"
+    elif note:
+        reason, message = "Disagrees", f"{asked}% asked, the data plane sends {applied}%: {note}"
+    else:
+        reason, message = "Pending", f"{asked}% asked, the data plane still sends {applied}%"
+    return set_condition(conditions, "WeightApplied", "False", reason, message, generation, now)

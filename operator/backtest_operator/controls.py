@@ -11,14 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from backtest_operator.api import GROUP, HandledControls
+from backtest_operator.api import HandledControls
+from backtest_operator.names import CONTROL_ANNOTATIONS
 
-ANNOTATIONS = {
-    "promote": f"{GROUP}/promote",
-    "promote_full": f"{GROUP}/promote-full",
-    "abort": f"{GROUP}/abort",
-    "retry": f"{GROUP}/retry",
-}
+ANNOTATIONS = CONTROL_ANNOTATIONS
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,15 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "name": "Weight",
         "type": "integer",
         "jsonPath": ".status.canaryWeight",
-        "description": "Percentage of traffic on the new revision",
+        "description": "Percentage of traffic asked for the new revision",
     },
+    {
+        "name": "Effective",
+        "type": "integer",
+        "jsonPath": ".status.effectiveWeight",
+        "description": "Percentage of traffic the data plane sends to the new revision, as read back",
+    },
+    {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas", "priority": 1},
     {"name": "Stable", "type": "string", "jsonPath": ".status.stableRevision"},
     {"name": "Canary", "type": "string", "jsonPath": ".status.canaryRevision"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
@@ -51,6 +58,15 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     },
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]
+
+
+SCALE_SUBRESOURCE: dict[str, str] = {
+    "specReplicasPath": ".spec.replicas",
+    "statusReplicasPath": ".status.replicas",
+    "labelSelectorPath": ".status.selector",
+}
+"""`kubectl scale bts` and a HorizontalPodAutoscaler resize spec.replicas; the operator splits it between the
+tracks. The selector (all engine pods of the service) lets an HPA average pod metrics."""
 
 
 def _inline(node: Any, definitions: Schema) -> Any:
@@ -164,7 +180,7 @@ def render_crd() -> Schema:
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": {"status": {}, "scale": SCALE_SUBRESOURCE},
                     "additionalPrinterColumns": PRINTER_COLUMNS,
                     "schema": {"openAPIV3Schema": root},
                 }

@@ -14,10 +14,13 @@ from backtest_operator.workloads import Manifest, Owner, WorkloadDefaults, engin
 def desired_manifests(
     owner: Owner, spec: BacktestServiceSpec, status: BacktestServiceStatus, defaults: WorkloadDefaults
 ) -> list[Manifest]:
-    """Everything to apply, in an order where nothing refers to an object that does not exist yet."""
+    """Everything to apply. The traffic objects come before the engine workloads, so a weight that drops
+    (rollback, promotion) leaves a track before its Service selector or its pods change; a weight that rises
+    was given its capacity in earlier passes (capacity before traffic). The database comes first (the
+    engines need it), the network policies last."""
     return [
         *database_manifests(owner, spec, status),
-        *engine_workloads(owner, spec, status),
         *traffic_manifests(owner, spec, status, defaults),
+        *engine_workloads(owner, spec, status),
         *network_policies(owner, spec, status),
     ]

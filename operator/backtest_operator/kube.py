@@ -14,20 +14,29 @@ from typing import Any
 
 from kubernetes import client as k8s
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 from backtest_operator.api import GROUP, PLURAL, VERSION
+from backtest_operator.podhealth import PodState, classify
 from backtest_operator.workloads import LABEL_COMPONENT, LABEL_REVISION, LABEL_SERVICE, MANAGER, Manifest, Owner
 
-READINESS_GRACE = timedelta(minutes=2)
-"""A pod not ready this long after it started counts as unhealthy (a starting pod does not)."""
+REPLICAS_MANAGER = f"{MANAGER}-replicas"
+"""The field manager that applies only the engine Deployments' replicas, never by force over anyone else:
+so an HPA or `kubectl scale` that took them over keeps them (the operator reports it instead)."""
 
 
 @dataclass(frozen=True)
 class RevisionHealth:
+    """The pods of one engine revision, as they bear on the release (see ``podhealth``)."""
+
     desired: int
     ready: int
     unhealthy: int
+    pods: int = 0
+    """Pods not terminating."""
+    replicas_owner: str | None = None
+    """Another field manager that owns the Deployment's spec.replicas (an HPA or `kubectl scale` aimed at
+    the Deployment instead of the BacktestService); the operator leaves its value alone."""
 
     @property
     def is_ready(self) -> bool:
@@ -47,20 +56,23 @@ def merge_patch(old: Any, new: Any) -> Any:
     return patch
 
 
-def _pod_unhealthy(pod: Any, now: datetime) -> bool:
-    """Restarting, failed, or not ready well after it started."""
-    status = pod.status
-    if status is None:
-        return False
-    if status.phase == "Failed" or any((c.restart_count or 0) > 0 for c in status.container_statuses or []):
-        return True
-    ready = next((c for c in status.conditions or [] if c.type == "Ready"), None)
-    started = status.start_time
-    return bool(ready is not None and ready.status != "True" and started and now - started > READINESS_GRACE)
+def replicas_owners(deployment: Any) -> list[str]:
+    """Field managers other than the operator's that own ``spec.replicas`` of a Deployment."""
+    owners: list[str] = []
+    for entry in (deployment.metadata.managed_fields if deployment.metadata else None) or []:
+        fields = entry.fields_v1 or {}
+        if "f:replicas" in (fields.get("f:spec") or {}) and entry.manager not in (MANAGER, REPLICAS_MANAGER):
+            owners.append(str(entry.manager))
+    return owners
 
 
 def _labels(meta: Any) -> dict[str, str]:
     return dict(getattr(meta, "labels", None) or {})
+
+
+def _is_engine_deployment(manifest: Manifest) -> bool:
+    labels = manifest["metadata"].get("labels", {})
+    return bool(manifest["kind"] == "Deployment" and labels.get(LABEL_COMPONENT) == "engine")
 
 
 class Cluster:
@@ -73,16 +85,56 @@ class Cluster:
         self.core = k8s.CoreV1Api(api_client)
         self.custom = k8s.CustomObjectsApi(api_client)
 
-    async def apply(self, manifests: Iterable[Manifest]) -> None:
-        """Server-side apply, forcing ownership of the fields the operator manages."""
+    async def apply(self, manifests: Iterable[Manifest], current: dict[str, Any] | None = None) -> list[str]:
+        """Server-side apply, forcing ownership of the fields the operator manages, except the replicas of
+        engine Deployments (``current``: those Deployments as listed, by name). Returns a sentence per
+        Deployment whose replicas another manager owns and the operator therefore left alone."""
+        yielded: list[str] = []
         for manifest in manifests:
-            await asyncio.to_thread(self._apply_one, manifest)
+            if _is_engine_deployment(manifest):
+                note = await asyncio.to_thread(self._apply_engine_deployment, manifest, (current or {}))
+                if note:
+                    yielded.append(note)
+            else:
+                await asyncio.to_thread(self._apply_one, manifest)
+        return yielded
 
-    def _apply_one(self, manifest: Manifest) -> None:
+    def _apply_engine_deployment(self, manifest: Manifest, current: dict[str, Any]) -> str:
+        name = manifest["metadata"]["name"]
+        replicas = manifest["spec"]["replicas"]
+        existing = current.get(name)
+        if existing is None:
+            self._apply_one(manifest)  # created with its replicas, never with the default of one
+            self._apply_replicas(manifest, replicas)
+            return ""
+        without = {**manifest, "spec": {k: v for k, v in manifest["spec"].items() if k != "replicas"}}
+        owners = replicas_owners(existing)
+        now = existing.spec.replicas if existing.spec is not None else None
+        note = ""
+        if not owners or now == replicas:
+            self._apply_replicas(manifest, replicas)
+        else:
+            note = (
+                f"Deployment {name}: replicas are set by {', '.join(sorted(set(owners)))} ({now}, the rollout "
+                f"plans {replicas}); the operator leaves them alone: scale the BacktestService instead"
+            )
+        self._apply_one(without)
+        return note
+
+    def _apply_replicas(self, manifest: Manifest, replicas: int) -> None:
+        body = {
+            "apiVersion": manifest["apiVersion"],
+            "kind": manifest["kind"],
+            "metadata": {"name": manifest["metadata"]["name"], "namespace": manifest["metadata"]["namespace"]},
+            "spec": {"replicas": replicas},
+        }
+        self._apply_one(body, REPLICAS_MANAGER)
+
+    def _apply_one(self, manifest: Manifest, manager: str = MANAGER) -> None:
         resource = self.dynamic.resources.get(api_version=manifest["apiVersion"], kind=manifest["kind"])
         self.dynamic.server_side_apply(  # type: ignore[no-untyped-call]
             resource, body=manifest, namespace=manifest["metadata"].get("namespace"),
-            field_manager=MANAGER, force_conflicts=True,
+            field_manager=manager, force_conflicts=True,
         )  # fmt: skip
 
     async def prune_engine_deployments(self, owner: Owner, keep: set[str]) -> list[str]:
@@ -102,30 +154,53 @@ class Cluster:
                     raise
         return removed
 
-    async def engine_health(self, owner: Owner, now: datetime) -> dict[str, RevisionHealth]:
-        """Ready and unhealthy pods of each engine revision."""
+    async def engine_state(
+        self, owner: Owner, now: datetime, since: datetime | None, grace: timedelta
+    ) -> tuple[dict[str, RevisionHealth], dict[str, Any]]:
+        """Ready, unhealthy and live pods of each engine revision, and the engine Deployments by name."""
         selector = f"{LABEL_SERVICE}={owner.name},{LABEL_COMPONENT}=engine"
         deployments, pods = await asyncio.gather(
             asyncio.to_thread(self.apps.list_namespaced_deployment, owner.namespace, label_selector=selector),
             asyncio.to_thread(self.core.list_namespaced_pod, owner.namespace, label_selector=selector),
         )
-        unhealthy: dict[str, int] = {}
+        counts: dict[str, dict[PodState, int]] = {}
         for pod in pods.items:
             revision = _labels(pod.metadata).get(LABEL_REVISION, "")
-            unhealthy[revision] = unhealthy.get(revision, 0) + int(_pod_unhealthy(pod, now))
+            state = classify(pod, now, since, grace).state
+            tally = counts.setdefault(revision, dict.fromkeys(PodState, 0))
+            tally[state] += 1
         health: dict[str, RevisionHealth] = {}
+        by_name: dict[str, Any] = {}
         for deployment in deployments.items:
-            meta, status, spec = deployment.metadata, deployment.status, deployment.spec
+            meta, spec = deployment.metadata, deployment.spec
             if meta is None or spec is None:
                 continue
+            by_name[str(meta.name)] = deployment
             revision = _labels(meta).get(LABEL_REVISION, "")
-            if status is None:
-                health[revision] = RevisionHealth(spec.replicas or 0, 0, unhealthy.get(revision, 0))
-                continue
-            current = (status.observed_generation or 0) >= (meta.generation or 0)
-            ready = min(status.ready_replicas or 0, status.updated_replicas or 0) if current else 0
-            health[revision] = RevisionHealth(spec.replicas or 0, ready, unhealthy.get(revision, 0))
-        return health
+            tally = counts.get(revision, dict.fromkeys(PodState, 0))
+            owners = replicas_owners(deployment)
+            health[revision] = RevisionHealth(
+                desired=spec.replicas or 0,
+                ready=tally[PodState.READY],
+                unhealthy=tally[PodState.UNHEALTHY],
+                pods=tally[PodState.READY] + tally[PodState.STARTING] + tally[PodState.UNHEALTHY],
+                replicas_owner=owners[0] if owners else None,
+            )
+        return health, by_name
+
+    async def read(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Any object as a dict (the HTTPRoute a gateway reports on), None when it does not exist."""
+
+        def get() -> dict[str, Any] | None:
+            try:
+                resource = self.dynamic.resources.get(api_version=api_version, kind=kind)
+                found = self.dynamic.get(resource, name=name, namespace=namespace)  # type: ignore[no-untyped-call]
+            except (NotFoundError, ResourceNotFoundError):
+                return None  # the object, or its whole API (no Gateway API CRDs installed), is not there
+            body: dict[str, Any] = found.to_dict()
+            return body
+
+        return await asyncio.to_thread(get)
 
     async def get(self, owner: Owner) -> dict[str, Any] | None:
         try:
@@ -145,4 +220,4 @@ class Cluster:
         )  # fmt: skip
 
 
-__all__ = ["Cluster", "NotFoundError", "RevisionHealth", "merge_patch"]
+__all__ = ["REPLICAS_MANAGER", "Cluster", "NotFoundError", "RevisionHealth", "merge_patch", "replicas_owners"]

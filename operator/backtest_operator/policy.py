@@ -6,7 +6,9 @@ failed phase, by repeated analysis errors, or by request), retry, and restart wh
 The returned status is complete, so the caller only has to persist it; the workloads follow from it.
 
 Rules that hold for every decision (and are property-tested):
-* the canary weight is 0 or the weight of the current phase; it moves only along ``spec.phases``;
+* the canary weight is 0 or the weight of a phase; it moves only along ``spec.phases``, and only once
+  the canary has the ready pods for it (``capacity.py``); a phase's clock starts once the data plane
+  confirms its weight, and promotion waits for every pod of the new revision;
 * a failing check (a rollback trigger, or a phase check on clear evidence) rolls back at once and wins
   over everything else, pause and manual promotion included; pod health is judged even without Prometheus;
 * missing data, too few requests, doubtful numbers and analysis errors never advance a phase or promote;
@@ -43,6 +45,14 @@ from backtest_operator.api import (
     Verdict,
     brief_duration,
 )
+from backtest_operator.capacity import (
+    IDEAL,
+    DataPlane,
+    canary_replicas,
+    capacity_message,
+    has_capacity,
+    is_confirmed,
+)
 from backtest_operator.conditions import derive_conditions
 from backtest_operator.controls import NO_CONTROLS, Controls
 
@@ -55,6 +65,12 @@ class Action(StrEnum):
     BEGIN = "begin"
     """The canary is ready; traffic starts flowing to it."""
     ADVANCE = "advance"
+    SHIFT = "shift"
+    """The canary has the ready pods for the next weight; the weight is applied."""
+    CONFIRM = "confirm"
+    """The data plane applies the phase's weight; the phase's clock starts."""
+    PROMOTING = "promoting"
+    """A promotion waits for every replica of the new revision to be ready."""
     PAUSE = "pause"
     RESUME = "resume"
     PROMOTE = "promote"
@@ -95,6 +111,7 @@ class _Context:
     generation: int
     revision: str
     pending: frozenset[str]
+    plane: DataPlane = IDEAL
 
 
 def decide(
@@ -105,11 +122,15 @@ def decide(
     *,
     generation: int = 0,
     controls: Controls = NO_CONTROLS,
+    plane: DataPlane = IDEAL,
 ) -> Decision:
-    """The next state of a BacktestService and why."""
-    ctx = _Context(spec, obs, now, generation, spec.revision(), controls.pending(status.handled_controls))
+    """The next state of a BacktestService and why. ``plane`` is what the cluster's data plane holds."""
+    pending = controls.pending(status.handled_controls)
+    ctx = _Context(spec, obs, now, generation, spec.revision(), pending, plane)
     previous = status.handled_controls
     status = status.evolve(handled_controls=controls.as_handled(), observed_generation=generation)
+    if plane.measured:
+        status = status.evolve(effective_weight=plane.effective_weight)
     decision = _route(ctx, status)
     deferred = ctx.pending & decision.deferred
     ignored = [
@@ -119,7 +140,7 @@ def decide(
     final = decision.status.evolve(
         message=decision.reason, handled_controls=_keep_pending(decision.status.handled_controls, previous, deferred)
     )
-    final = final.evolve(conditions=derive_conditions(final, obs.stable_ready, generation, now))
+    final = final.evolve(conditions=derive_conditions(final, obs.stable_ready, generation, now, plane.note))
     return Decision(
         decision.action,
         final,
@@ -138,6 +159,7 @@ def _keep_pending(handled: HandledControls, previous: HandledControls, deferred:
 _CONSUMED = {
     Action.PROMOTE: frozenset({"promote", "promote_full"}),
     Action.ADVANCE: frozenset({"promote"}),
+    Action.PROMOTING: frozenset({"promote", "promote_full"}),
     Action.ROLLBACK: frozenset({"abort"}),
     Action.START: frozenset({"retry"}),
 }
@@ -197,6 +219,8 @@ def _start(ctx: _Context, status: BacktestServiceStatus, why: str) -> Decision:
         canary_revision=ctx.revision,
         rollout_started_at=ctx.now,
         phase_started_at=None,
+        waiting_since=ctx.now,
+        promotion_pending=False,
         paused_at=None,
         analysis_errors=0,
         last_analysis=None,
@@ -240,6 +264,8 @@ def _rollback(
         canary_weight=0,
         step=None,
         paused_at=None,
+        waiting_since=None,
+        promotion_pending=False,
         history=_with_history(status, entry),
     )
     event = Event("Warning", "Aborted" if outcome == Outcome.ABORTED else "RolledBack", reason)
@@ -261,6 +287,8 @@ def _promote(ctx: _Context, status: BacktestServiceStatus, why: str) -> Decision
         step=None,
         step_name=None,
         phase_started_at=None,
+        waiting_since=None,
+        promotion_pending=False,
         paused_at=None,
         bake_until=ctx.now + bake,
         history=_with_history(status, entry),
@@ -271,17 +299,74 @@ def _promote(ctx: _Context, status: BacktestServiceStatus, why: str) -> Decision
 
 
 def _enter_step(ctx: _Context, status: BacktestServiceStatus, index: int, action: Action, why: str) -> Decision:
+    """Head for phase ``index``: its weight is applied once the canary has capacity for it, and its clock
+    starts once the data plane confirms the weight (all in this pass when both are already true)."""
     phase = ctx.spec.phases[index]
     status = status.evolve(
         step=index,
         step_name=phase.name,
-        canary_weight=phase.weight,
-        phase_started_at=ctx.now,
+        phase_started_at=None,
+        waiting_since=ctx.now,
         phase=RolloutPhase.PROGRESSING,
         paused_at=None,
     )
-    reason = f"{why}; phase {phase.name}: {phase.weight}% of traffic for at least {brief_duration(phase.duration)}"
-    return Decision(action, status, reason, (Event("Normal", "PhaseStarted", reason),))
+    decision = _realise_step(ctx, status, index, why)
+    return Decision(action, decision.status, decision.reason, decision.events)
+
+
+def _realise_step(ctx: _Context, status: BacktestServiceStatus, index: int, why: str = "") -> Decision:
+    """Apply the step's weight when the canary has the ready pods for it; start the phase's clock when the
+    data plane confirms it. A wait longer than the progress deadline rolls back."""
+    spec, plane, now = ctx.spec, ctx.plane, ctx.now
+    phase = spec.phases[index]
+    prefix = f"{why}; " if why else ""
+    events: list[Event] = []
+    if status.canary_weight != phase.weight:
+        needed = canary_replicas(phase.weight, spec.replicas, spec.traffic.provider)
+        if not has_capacity(plane, ctx.obs.canary_ready, needed):
+            waiting = f"waiting for capacity before phase {phase.name}: " + capacity_message(
+                plane, needed, phase.weight, spec.replicas
+            )
+            return _wait_or_give_up(ctx, status, f"{prefix}{waiting}", "canary pods not ready")
+        shifted = (
+            f"{prefix}canary weight {status.canary_weight}% -> {phase.weight}% for phase {phase.name}; "
+            + (f"{plane.canary_ready} canary and {plane.stable_ready} stable pods ready" if plane.measured else "")
+        ).rstrip("; ")
+        status = status.evolve(canary_weight=phase.weight)
+        events.append(Event("Normal", "TrafficShifted", shifted))
+        if plane.measured:
+            return Decision(Action.SHIFT, status, shifted, tuple(events))
+    if not is_confirmed(plane, phase.weight):
+        waiting = f"waiting for the data plane to apply {phase.weight}% for phase {phase.name}"
+        return _wait_or_give_up(ctx, status, f"{prefix}{waiting}{': ' + plane.note if plane.note else ''}",
+                                f"the data plane did not apply {phase.weight}%")  # fmt: skip
+    status = status.evolve(phase_started_at=now, waiting_since=None)
+    reason = f"{prefix}phase {phase.name}: {phase.weight}% of traffic for at least {brief_duration(phase.duration)}"
+    events.append(Event("Normal", "PhaseStarted", reason))
+    return Decision(Action.CONFIRM, status, reason, tuple(events))
+
+
+def _wait_or_give_up(ctx: _Context, status: BacktestServiceStatus, reason: str, failure: str) -> Decision:
+    started = status.waiting_since or status.rollout_started_at or ctx.now
+    deadline = ctx.spec.rollback.progress_deadline
+    if ctx.now - started >= deadline:
+        why = f"rolled back in phase {status.step_name}: {failure} {brief_duration(deadline)} after asking"
+        return _rollback(ctx, status, why, "progress_deadline")
+    return _hold(status.evolve(waiting_since=started), reason)
+
+
+def _promote_when_ready(ctx: _Context, status: BacktestServiceStatus, why: str) -> Decision:
+    """Promotion switches stable to the new revision: only once every one of its replicas is ready."""
+    total = ctx.spec.replicas
+    plane = ctx.plane
+    ready = plane.canary_ready >= total if plane.measured else ctx.obs.canary_ready
+    if ready:
+        return _promote(ctx, status, why)
+    status = status.evolve(promotion_pending=True, waiting_since=status.waiting_since or ctx.now)
+    have = f"{plane.canary_ready} of {total}" if plane.measured else f"not all {total}"
+    reason = f"{why}; waiting for the new revision to be fully ready before promotion: {have} pods ready"
+    waiting = _wait_or_give_up(ctx, status, reason, "the new revision was not fully ready")
+    return waiting if waiting.action == Action.ROLLBACK else replace(waiting, action=Action.PROMOTING)
 
 
 _ACT_WITHOUT_DATA = frozenset({"abort", "promote", "promote_full"})
@@ -323,12 +408,12 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
             return _hold(status, reason, [analysis_error_check(obs), *pods])
     else:
         status = status.evolve(analysis_errors=0)
-    if status.phase_started_at is None:
-        return _waiting_for_canary(ctx, status)
     index = next((i for i, p in enumerate(spec.phases) if p.name == status.step_name), None)
     if index is None:
         return _start(ctx, status, f"phases were edited and phase {status.step_name} no longer exists")
     phase = spec.phases[index]
+    if status.phase_started_at is None and status.canary_weight == 0:
+        return _waiting_for_canary(ctx, status, index)
     # Pod health comes from Kubernetes: it is judged even when Prometheus fails (and before any request).
     triggers = trigger_checks(spec, phase, obs) if obs.error is None else pod_checks(spec, obs.canary_unhealthy_pods)
     tripped = first_failure(triggers)
@@ -341,6 +426,8 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         return _rollback(ctx, status.evolve(last_analysis=record), reason, tripped.name, checks=triggers)
     if "abort" in ctx.pending:
         return _rollback(ctx, status, f"aborted by request in phase {phase.name}", "abort", Outcome.ABORTED)
+    if status.phase_started_at is None:
+        return _entering(ctx, status, index)
     checks = phase_checks(spec, phase, obs) if obs.error is None else [analysis_error_check(obs)]
     failed = first_failure(checks)
     if failed is not None:
@@ -366,23 +453,47 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     return replace(_judge(ctx, status, index, phase, checks), checks=(*triggers, *checks))
 
 
-def _waiting_for_canary(ctx: _Context, status: BacktestServiceStatus) -> Decision:
+def _waiting_for_canary(ctx: _Context, status: BacktestServiceStatus, index: int) -> Decision:
+    """No traffic reaches the canary yet: wait for its pods (capacity for the first weight)."""
     if "abort" in ctx.pending:
         return _rollback(ctx, status, "aborted by request before the canary took traffic", "abort", Outcome.ABORTED)
     if ctx.spec.paused:
         return _paused_before_traffic(ctx, status)
     if status.phase == RolloutPhase.PAUSED:
         status = status.evolve(phase=RolloutPhase.PROGRESSING, paused_at=None)
-    if ctx.obs.canary_ready:
-        begin = _enter_step(ctx, status, 0, Action.BEGIN, f"canary revision {status.canary_revision} is ready")
-        return replace(begin, deferred=_WAIT_FOR_TRAFFIC)
-    started = status.rollout_started_at or ctx.now
+    phase = ctx.spec.phases[index]
+    needed = canary_replicas(phase.weight, ctx.spec.replicas, ctx.spec.traffic.provider)
+    if has_capacity(ctx.plane, ctx.obs.canary_ready, needed):
+        why = f"canary revision {status.canary_revision} is ready"
+        return replace(_enter_step(ctx, status, index, Action.BEGIN, why), deferred=_WAIT_FOR_TRAFFIC)
+    started = status.waiting_since or status.rollout_started_at or ctx.now
     deadline = ctx.spec.rollback.progress_deadline
     if ctx.now - started >= deadline:
         reason = f"rolled back: canary pods not ready {brief_duration(deadline)} after the rollout started"
         return _rollback(ctx, status, reason, "progress_deadline")
     reason = f"waiting for canary pods of revision {status.canary_revision} to become ready"
+    if ctx.plane.measured:
+        reason += f" ({capacity_message(ctx.plane, needed, phase.weight, ctx.spec.replicas)})"
     return replace(_hold(status, reason), deferred=_WAIT_FOR_TRAFFIC)
+
+
+def _entering(ctx: _Context, status: BacktestServiceStatus, index: int) -> Decision:
+    """Traffic flows at the previous weight while phase ``index`` waits for capacity or confirmation."""
+    spec = ctx.spec
+    phase = spec.phases[index]
+    last = index == len(spec.phases) - 1
+    if status.promotion_pending or "promote_full" in ctx.pending:
+        return _promote_when_ready(ctx, status, "full promotion requested")
+    if "promote" in ctx.pending:
+        if last:
+            return _promote_when_ready(ctx, status, f"promotion requested in the last phase {phase.name}")
+        return _enter_step(ctx, status, index + 1, Action.ADVANCE, f"phase {phase.name} skipped by request")
+    if spec.paused:
+        status = status.evolve(phase=RolloutPhase.PAUSED, paused_at=status.paused_at or ctx.now)
+        return _hold(status, f"paused before phase {phase.name} took its {phase.weight}%; rollback triggers still act")
+    if status.phase == RolloutPhase.PAUSED:
+        status = status.evolve(phase=RolloutPhase.PROGRESSING, paused_at=None)
+    return _realise_step(ctx, status, index)
 
 
 def _paused_before_traffic(ctx: _Context, status: BacktestServiceStatus) -> Decision:
@@ -400,11 +511,11 @@ def _judge(
 ) -> Decision:
     spec, now = ctx.spec, ctx.now
     last = index == len(spec.phases) - 1
-    if "promote_full" in ctx.pending:
-        return _promote(ctx, status, "full promotion requested")
+    if status.promotion_pending or "promote_full" in ctx.pending:
+        return _promote_when_ready(ctx, status, "full promotion requested")
     if "promote" in ctx.pending:
         if last:
-            return _promote(ctx, status, f"promotion requested in the last phase {phase.name}")
+            return _promote_when_ready(ctx, status, f"promotion requested in the last phase {phase.name}")
         return _enter_step(ctx, status, index + 1, Action.ADVANCE, f"phase {phase.name} skipped by request")
     if spec.paused:
         if status.phase == RolloutPhase.PAUSED:
@@ -438,7 +549,9 @@ def _judge(
         reason = f"phase {phase.name} has run {brief_duration(elapsed)} but is inconclusive: {unknown}; holding"
         return _hold(status, reason, checks)
     if last:
-        return _promote(ctx, status, f"every phase passed, last {phase.name} after {brief_duration(elapsed)}")
+        return _promote_when_ready(
+            ctx, status, f"every phase passed, last {phase.name} after {brief_duration(elapsed)}"
+        )
     return _enter_step(
         ctx, status, index + 1, Action.ADVANCE, f"phase {phase.name} passed after {brief_duration(elapsed)}"
     )

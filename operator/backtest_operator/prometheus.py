@@ -27,6 +27,9 @@ from backtest_operator.histograms import MIN_REFERENCE_REQUESTS, P95, Histogram
 from backtest_operator.queries import MAX_POINTS, QuerySet, build_queries, grid_stride, promql_range
 
 TRACKS = ("canary", "stable")
+NO_REVISION = "none"
+Revisions = dict[str, str | None]
+"""The revision whose engine series stand for each track (None: the router's series, keyed by track)."""
 
 Series = dict[float, float]
 """Values of one range-query series by timestamp (seconds)."""
@@ -68,6 +71,12 @@ class PrometheusClient:
         values = [float(item["value"][1]) for item in result]
         finite = [v for v in values if math.isfinite(v)]
         return sum(finite) if finite else None
+
+    async def vector(self, query: str, at: datetime) -> list[float]:
+        """The finite values of an instant vector, one per series (e.g. the weight of each router pod)."""
+        result = await self._get("/api/v1/query", {"query": query, "time": f"{at.timestamp():.3f}"})
+        values = [float(item["value"][1]) for item in result]
+        return [v for v in values if math.isfinite(v)]
 
     async def instant_by(self, query: str, at: datetime, label: str) -> dict[str, float]:
         """An instant vector's finite values keyed by one label (e.g. ``le`` of histogram buckets)."""
@@ -139,6 +148,13 @@ async def _none() -> None:
     return None
 
 
+def track_revisions(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> Revisions:
+    """Without the router, a track's numbers are those of the revision it runs (the engine's own series)."""
+    if spec.traffic.provider == "router":
+        return {track: None for track in TRACKS}
+    return {"canary": status.canary_revision or NO_REVISION, "stable": status.stable_revision or NO_REVISION}
+
+
 def stage_start(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> datetime | None:
     """When the judged stretch began: the current phase, or the promotion for the bake window."""
     if status.phase == RolloutPhase.BAKING and status.bake_until is not None:
@@ -157,8 +173,9 @@ async def measure(
     interval = spec.analysis.interval
     since = stage_start(spec, status)
     phase_window = (now - since) if since is not None and now > since else interval
-    recent = {track: build_queries(spec.analysis, labels, track, interval) for track in TRACKS}
-    phase = {track: build_queries(spec.analysis, labels, track, phase_window) for track in TRACKS}
+    revisions = track_revisions(spec, status)
+    recent = {t: build_queries(spec.analysis, labels, t, interval, revision=revisions[t]) for t in TRACKS}
+    phase = {t: build_queries(spec.analysis, labels, t, phase_window, revision=revisions[t]) for t in TRACKS}
     judged = "stable" if status.phase == RolloutPhase.BAKING else "canary"
     # At a phase's first evaluation both windows render to the same PromQL range: ask once, use it twice.
     same_window = promql_range(phase_window) == promql_range(interval)
@@ -168,7 +185,7 @@ async def measure(
             _track(client, recent["stable"], now, False),
             _none() if same_window else _track(client, phase["canary"], now, True),
             _none() if same_window else _track(client, phase["stable"], now, False),
-            _stretches(client, spec, labels, judged, now - phase_window, now),
+            _stretches(client, spec, labels, judged, now - phase_window, now, revisions),
         )
     except AnalysisError as exc:
         return Observation(time=now, error=str(exc))
@@ -195,7 +212,7 @@ class _Grid:
 
 async def _stretches(
     client: PrometheusClient, spec: BacktestServiceSpec, labels: dict[str, str], judged: str,
-    since: datetime, now: datetime,
+    since: datetime, now: datetime, revisions: Revisions,
 ) -> _Grid:  # fmt: skip
     """The judged track interval by interval since ``since``, plus the partial interval ending now.
 
@@ -211,10 +228,10 @@ async def _stretches(
     points = intervals // stride if intervals >= 2 else 0
     analysis = spec.analysis
     reference = judged != "stable"  # during the bake window there is no other track to compare with
-    grid_queries = build_queries(analysis, labels, judged, step)
-    stable_queries = build_queries(analysis, labels, "stable", step)
-    total_queries = build_queries(analysis, labels, judged, now - since)
-    stable_total = build_queries(analysis, labels, "stable", now - since)
+    grid_queries = build_queries(analysis, labels, judged, step, revision=revisions[judged])
+    stable_queries = build_queries(analysis, labels, "stable", step, revision=revisions["stable"])
+    total_queries = build_queries(analysis, labels, judged, now - since, revision=revisions[judged])
+    stable_total = build_queries(analysis, labels, "stable", now - since, revision=revisions["stable"])
     first, last = since + step, since + step * points
     with_fallbacks = judged == "canary"
 

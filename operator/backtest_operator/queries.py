@@ -1,8 +1,11 @@
 """PromQL for the checks, as docs/metrics-contract.md defines them; label values are always quoted and escaped.
 
-Templates take ``{selector}`` (label matchers of one BacktestService's router, without braces),
-``{window}`` (a PromQL range such as ``30s``), ``{track}`` and ``{objective}`` (the ``le`` bucket of the
-latency objective). The spec may override each template (``spec.analysis.queries``).
+Templates take ``{selector}`` (label matchers, without braces), ``{window}`` (a PromQL range such as
+``30s``), ``{track}``, ``{revision}`` and ``{objective}`` (the ``le`` bucket of the latency objective).
+With the router, the selector picks one BacktestService's router series and ``track`` a track; without it
+(``replicas``, ``gatewayAPI``) the engine's own series are read, and the selector carries
+``version="<revision>"``: the engine labels every series with the revision it runs (ENGINE_VERSION). The
+spec may override each template (``spec.analysis.queries``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,29 @@ DEFAULT_TEMPLATES = {
         'sum by (le) (increase(backtest_router_request_duration_seconds_bucket{{{selector}track="{track}"}}[{window}]))'
     ),
 }
+
+
+_API = 'route=~"/api/.*",route!~"/api/v1/(health|ready)"'
+"""Client requests only: kubelet probes and Prometheus scrapes are not traffic to judge."""
+ENGINE_TEMPLATES = {
+    "requests": f"sum(increase(backtest_engine_http_requests_total{{{{{{selector}}{_API}}}}}[{{window}}]))",
+    "errors": (f'sum(increase(backtest_engine_http_requests_total{{{{{{selector}}{_API},code=~"5.."}}}}[{{window}}]))'),
+    "fallbacks": "sum(vector(0))",
+    "fast": (
+        "sum(increase(backtest_engine_http_request_duration_seconds_bucket"
+        f'{{{{{{selector}}{_API},le=~"{{objective}}"}}}}[{{window}}]))'
+    ),
+    "latency_p95": (
+        "histogram_quantile(0.95, sum by (le) (rate(backtest_engine_http_request_duration_seconds_bucket"
+        f"{{{{{{selector}}{_API}}}}}[{{window}}])))"
+    ),
+    "latency_buckets": (
+        f"sum by (le) (increase(backtest_engine_http_request_duration_seconds_bucket{{{{{{selector}}{_API}}}}}"
+        "[{window}]))"
+    ),
+}
+"""Revision-keyed defaults over the engine's series, for rollouts without the router (there are no
+fallbacks without a router, so that count is zero)."""
 
 
 def quote_label_value(value: str) -> str:
@@ -79,16 +105,26 @@ class QuerySet:
     latency_buckets: str
 
 
-def build_queries(analysis: AnalysisSettings, labels: Mapping[str, str], track: str, window: timedelta) -> QuerySet:
-    templates = dict(DEFAULT_TEMPLATES)
+def build_queries(
+    analysis: AnalysisSettings,
+    labels: Mapping[str, str],
+    track: str,
+    window: timedelta,
+    *,
+    revision: str | None = None,
+) -> QuerySet:
+    """The queries of one track; with ``revision`` the engine's series of that revision (no router)."""
+    templates = dict(DEFAULT_TEMPLATES if revision is None else ENGINE_TEMPLATES)
     for name, template in analysis.queries.model_dump().items():
         if template:
             templates[name] = template
-    matchers = selector(labels)
+    keyed = dict(labels) if revision is None else {**labels, "version": revision}
+    matchers = selector(keyed)
     values = {
         "selector": f"{matchers}," if matchers else "",
         "selector_only": matchers,
         "track": track.replace('"', ""),
+        "revision": (revision or "").replace('"', ""),
         "window": promql_range(window),
         "objective": bucket_matcher(analysis.latency_objective),
     }

@@ -11,6 +11,7 @@ Each provider is a pure function from (owner, spec, status) to the manifests tha
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus
 from backtest_operator.credentials import router_env
@@ -28,6 +29,8 @@ from backtest_operator.workloads import (
     weight_configmap_name,
 )
 
+ROUTER_DEFAULT_BODY_BYTES = 50 * 1024 * 1024
+"""The router's default body limit: the engine's default upload limit (backtest_engine.limits)."""
 Provider = Callable[[Owner, BacktestServiceSpec, BacktestServiceStatus, WorkloadDefaults], list[Manifest]]
 WEIGHT_KEY = "weight"
 
@@ -74,6 +77,33 @@ def _router_rbac(owner: Owner) -> list[Manifest]:
     ]
 
 
+def router_settings(spec: BacktestServiceSpec) -> list[str]:
+    """Router flags that follow the spec: its timeouts from the latency objective (the CRD's CEL rules
+    refuse combinations the router would exit on), and a body limit no smaller than the engine's upload
+    limit, so the router never refuses an upload the engine would take (the router's default body limit
+    is the engine's default upload limit, backtest_engine.limits)."""
+    flags = [
+        "--latency-objective", _seconds(spec.analysis.latency_objective),
+        "--canary-timeout", _seconds(spec.canary_timeout()),
+        "--stable-timeout", _seconds(spec.traffic.stable_timeout),
+    ]  # fmt: skip
+    upload = _engine_upload_limit(spec)
+    return flags if upload is None else [*flags, "--max-body-bytes", str(upload)]
+
+
+def _seconds(value: timedelta) -> str:
+    return f"{value.total_seconds():g}"
+
+
+def _engine_upload_limit(spec: BacktestServiceSpec) -> int | None:
+    """ENGINE_MAX_UPLOAD_BYTES when spec.env sets it to a literal number larger than the router's default."""
+    for variable in spec.env:
+        value = variable.get("value")
+        if variable.get("name") == "ENGINE_MAX_UPLOAD_BYTES" and isinstance(value, str) and value.isdigit():
+            return max(int(value), ROUTER_DEFAULT_BODY_BYTES)
+    return None
+
+
 def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: WorkloadDefaults) -> Manifest:
     labels = {LABEL_COMPONENT: "router"}
     selector = {LABEL_SERVICE: owner.name, LABEL_COMPONENT: "router"}
@@ -82,7 +112,7 @@ def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: Worklo
         "--stable", f"http://{track_service_name(owner, 'stable')}:{ENGINE_PORT}",
         "--canary", f"http://{track_service_name(owner, 'canary')}:{ENGINE_PORT}",
         "--weight-configmap", f"{owner.namespace}/{weight_configmap_name(owner)}",
-        "--latency-objective", f"{spec.analysis.latency_objective.total_seconds():g}",
+        *router_settings(spec),
         "--host", "0.0.0.0", "--port", str(ENGINE_PORT),
     ]  # fmt: skip
     shadow = spec.traffic.shadow

@@ -9,7 +9,6 @@ desired state twice changes nothing.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from backtest_operator.api import (
     PodSettings,
     RolloutPhase,
 )
+from backtest_operator.capacity import canary_replicas, share_replicas, target_weight
 
 Manifest = dict[str, Any]
 
@@ -192,26 +192,32 @@ class ReplicaPlan:
 
 
 def replica_plan(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> ReplicaPlan:
-    """How many pods each revision gets. With the router, the canary gets capacity for its weight (the
-    whole size at 100%, ready to become stable); with the replicas provider the ratio *is* the weight."""
+    """How many pods each revision gets: capacity before traffic.
+
+    The canary is sized for the weight its step is heading for (``target_weight``), so its pods are ready
+    before the weight moves; the policy moves the weight only then. Stable keeps every replica until
+    traffic has left it: always behind a router or gateway (unless ``traffic.dynamicStableScale``, where it
+    shrinks as the applied *and* read-back weight leaves it); behind one Service (``replicas``) it shrinks
+    only once the canary's weight is applied, so the two together never have fewer than ``replicas``.
+    """
     plan: dict[str, tuple[str, int]] = {}
-    total = spec.replicas
-    weight = status.canary_weight
+    total, provider = spec.replicas, spec.traffic.provider
     rolling = status.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED) and status.canary_revision
-    canary = 0
-    if rolling:
-        if spec.traffic.provider == "replicas":
-            canary = max(1, round(total * weight / 100)) if total else 0
-        else:
-            canary = max(1, math.ceil(total * weight / 100)) if total else 0
-    stable = total - canary if spec.traffic.provider == "replicas" and rolling else total
+    canary = canary_replicas(target_weight(spec, status), total, provider) if rolling else 0
+    stable = total
+    if rolling and provider == "replicas":
+        stable = total - canary_replicas(status.canary_weight, total, provider)
+    elif rolling and spec.traffic.dynamic_stable_scale:
+        left = min(status.canary_weight, status.effective_weight or 0)
+        stable = share_replicas(100 - left, total)
     if status.stable_revision:
         plan[status.stable_revision] = ("stable", stable)
     if status.canary_revision and status.canary_revision != status.stable_revision:
         plan[status.canary_revision] = ("canary", canary)
     if status.phase == RolloutPhase.BAKING and status.previous_revision:
         # Behind one shared Service (replicas provider) a ready previous revision would take traffic.
-        plan[status.previous_revision] = ("previous", 0 if spec.traffic.provider == "replicas" else total)
+        keep = provider != "replicas" and not spec.traffic.dynamic_stable_scale
+        plan[status.previous_revision] = ("previous", total if keep else 0)
     return ReplicaPlan(plan)
 
 
@@ -233,7 +239,16 @@ def engine_workloads(owner: Owner, spec: BacktestServiceSpec, status: BacktestSe
         pod = pod_of(revision, spec, status)
         if pod is not None:
             manifests.append(engine_deployment(owner, pod, revision, track, replicas))
-    canary_live = status.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED)
     manifests.append(track_service(owner, "stable", status.stable_revision))
-    manifests.append(track_service(owner, "canary", status.canary_revision if canary_live else None))
+    manifests.append(track_service(owner, "canary", canary_service_revision(status)))
     return manifests
+
+
+def canary_service_revision(status: BacktestServiceStatus) -> str | None:
+    """The revision the canary Service selects: the canary's while it rolls out; the promoted one while it
+    bakes, so requests still in flight to the canary track at the switch land on the same pods."""
+    if status.phase in (RolloutPhase.PROGRESSING, RolloutPhase.PAUSED):
+        return status.canary_revision
+    if status.phase == RolloutPhase.BAKING:
+        return status.stable_revision
+    return None

@@ -168,6 +168,18 @@ class Lab:
         self.operator = self.stack.operator(self.namespace, self.operator_kubeconfig, port)
         return self.operator
 
+    def wait_operator_serving(self, timeout: float) -> None:
+        """Until the operator process answers on its metrics endpoint (it has started its handlers)."""
+
+        def serving() -> bool:
+            try:
+                return httpx.get(self.operator_metrics, timeout=1.0).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        if not processes.wait_until(serving, timeout, 0.2):
+            pytest.fail(f"operator not serving {self.operator_metrics} within {timeout:.0f}s")
+
     def kill_operator(self) -> None:
         assert self.operator is not None
         pid = self.operator.pid()

@@ -47,9 +47,11 @@ def start_release(rollout_lab: Lab, traffic_rate: float = 60.0, **spec_overrides
 
 
 def canary_taking_traffic(rollout_lab: Lab) -> dict:
-    """Wait for the first phase's weight; its status carries the phase clock's start."""
+    """Wait for the first phase's weight, confirmed: its status carries the phase clock's start."""
     return rollout_lab.wait(
-        lambda s: s.get("canaryWeight", 0) > 0, rollout_lab.timing.evaluations(3) + STARTUP, "the canary's first phase"
+        lambda s: s.get("canaryWeight", 0) > 0 and s.get("phaseStartedAt"),
+        rollout_lab.timing.evaluations(3) + STARTUP,
+        "the canary's first phase",
     )
 
 
@@ -155,7 +157,9 @@ def test_nothing_is_promoted_when_traffic_is_too_low(rollout_lab):
 def test_operator_restart_resumes_the_same_phase_without_restarting_its_clock(rollout_lab):
     traffic = start_release(rollout_lab)
     timing = rollout_lab.timing
-    testing = rollout_lab.wait(lambda s: s.get("stepName") == "testing", timing.rollout(), "the testing phase")
+    testing = rollout_lab.wait(
+        lambda s: s.get("stepName") == "testing" and s.get("phaseStartedAt"), timing.rollout(), "the testing phase"
+    )
     rollout_lab.kill_operator()
     # Let the phase's whole duration pass while no operator runs: its clock must keep running.
     ends = datetime.fromisoformat(testing["phaseStartedAt"]).timestamp() + timing.phases[1] + timing.interval
@@ -165,7 +169,7 @@ def test_operator_restart_resumes_the_same_phase_without_restarting_its_clock(ro
     seen: set[str] = set()
 
     def advanced(status):
-        if status.get("stepName") == "testing":
+        if status.get("stepName") == "testing" and status.get("phaseStartedAt"):
             seen.add(status["phaseStartedAt"])
         return status.get("stepName") not in ("testing", None)
 
@@ -218,7 +222,9 @@ def test_deleting_the_service_removes_everything_it_owned(rollout_lab, k8s_api):
 def test_rollout_holds_while_prometheus_is_down_and_continues_when_it_returns(rollout_lab):
     traffic = start_release(rollout_lab, rollback={"maxAnalysisErrors": 100, "minRequests": 5, "bakeWindow": "4s"})
     timing = rollout_lab.timing
-    canary = rollout_lab.wait(lambda s: s.get("canaryWeight") == 10, timing.rollout(), "the canary phase")
+    canary = rollout_lab.wait(
+        lambda s: s.get("canaryWeight") == 10 and s.get("phaseStartedAt"), timing.rollout(), "the canary phase"
+    )
     rollout_lab.prometheus.stop()
     # More failed evaluations than fit in the phase: the phase's time has passed without data.
     failures = math.ceil(timing.phases[0] / timing.interval) + 1

@@ -12,6 +12,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from backtest_engine.router.forwarding import (
@@ -37,7 +38,7 @@ from backtest_engine.router.routing import (
     status_without_answer,
 )
 from backtest_engine.router.shadow import DEFAULT_MAX_IN_FLIGHT, Shadowing
-from backtest_engine.router.upstream import Answer, UnforwardableRequestError, Upstream
+from backtest_engine.router.upstream import MAX_CONNECTION_AGE_SECONDS, Answer, UnforwardableRequestError, Upstream
 from backtest_engine.router.weights import WeightSource, WeightState
 
 log = logging.getLogger("backtest_engine.router")
@@ -50,6 +51,7 @@ Send = Callable[[Message], Awaitable[None]]
 DEFAULT_CANARY_TIMEOUT_SECONDS = 5.0
 DEFAULT_STABLE_TIMEOUT_SECONDS = 60.0
 _JSON = [(b"content-type", b"application/json")]
+_PROBLEM = [(b"content-type", b"application/problem+json")]
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -69,6 +71,7 @@ class RouterConfig:
     connect_timeout_seconds: float = 1.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_connections: int = 256
+    max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS
     shadow_fraction: float = 0.0
     shadow_max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     proxy_token: str = ""
@@ -87,6 +90,8 @@ class RouterConfig:
             raise ConfigError("timeouts must be positive")
         if self.max_body_bytes < 0:
             raise ConfigError("--max-body-bytes must not be negative")
+        if self.max_connection_age_seconds <= 0:
+            raise ConfigError("--upstream-max-connection-age must be positive")
         if not 0.0 <= self.shadow_fraction <= 1.0:
             raise ConfigError(f"--shadow-fraction must be within 0 and 1, got {self.shadow_fraction}")
         if self.shadow_max_in_flight < 1:
@@ -116,6 +121,7 @@ class RouterApp:
             timeout_seconds=config.stable_timeout_seconds,
             connect_timeout_seconds=config.connect_timeout_seconds,
             max_connections=config.max_connections,
+            max_connection_age_seconds=config.max_connection_age_seconds,
         )
         self.canary = Upstream(
             Track.CANARY,
@@ -123,6 +129,7 @@ class RouterApp:
             timeout_seconds=config.canary_timeout_seconds,
             connect_timeout_seconds=config.connect_timeout_seconds,
             max_connections=config.max_connections,
+            max_connection_age_seconds=config.max_connection_age_seconds,
         )
         self._draw = (rng or random.Random()).random
         self.shadow = Shadowing(
@@ -191,7 +198,7 @@ class RouterApp:
                 raise BodyTooLargeError
             body = await read_body(receive, limit)
         except BodyTooLargeError:
-            await _send_json(send, 413, {"error": f"request body over {limit} bytes"})
+            await _send_problem(send, 413, f"request body over {limit} bytes")
             return
         except ClientDisconnectedError:
             return
@@ -207,7 +214,7 @@ class RouterApp:
         except UnforwardableRequestError as exc:
             # The client's own request is malformed for HTTP/1.1: no track is to blame, none counts it.
             log.info("event=unforwardable_request method=%s error=%r", method, str(exc)[:200])
-            await _send_json(send, 400, {"error": "request cannot be forwarded"})
+            await _send_problem(send, 400, "request cannot be forwarded")
 
     async def _route(self, scope: Scope, send: Send, forwarded: ForwardedRequest) -> None:
         method, replayable = forwarded.method, forwarded.replayable
@@ -257,8 +264,10 @@ class RouterApp:
         if failure is not None:
             if track is Track.STABLE:
                 log.warning("event=stable_failed code=%s error=%r", answer.outcome.code_label, answer.error)
-            payload = {"error": f"{track.value} upstream {failure.value}", "track": track.value}
-            await _send_json(send, status_without_answer(failure), payload, extra)
+            await _send_problem(
+                send, status_without_answer(failure), f"{track.value} upstream {failure.value}", extra,
+                track=track.value,
+            )  # fmt: skip
             return
         status = answer.outcome.status
         assert status is not None
@@ -271,7 +280,7 @@ class RouterApp:
 
     async def _own_endpoint(self, path: str, scope: Scope, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
-            await _send_json(send, 405, {"error": "method not allowed"})
+            await _send_problem(send, 405, "method not allowed")
         elif path == "/metrics":
             body = self.metrics.exposition()
             headers = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
@@ -281,7 +290,7 @@ class RouterApp:
         elif path == "/router/state":
             await _send_json(send, 200, self.state())
         else:
-            await _send_json(send, 404, {"error": f"no router endpoint {path}"})
+            await _send_problem(send, 404, f"no router endpoint {path}")
 
     def state(self) -> dict[str, Any]:
         """What `/router/state` shows: the weight in force, where it came from, upstreams and counters."""
@@ -309,3 +318,10 @@ async def _send_bytes(send: Send, status: int, body: bytes, headers: Headers) ->
 async def _send_json(send: Send, status: int, payload: object, extra: Headers | None = None) -> None:
     body = json.dumps(payload, separators=(",", ":")).encode()
     await _send_bytes(send, status, body, [*_JSON, *(extra or [])])
+
+
+async def _send_problem(send: Send, status: int, detail: str, extra: Headers | None = None, **members: str) -> None:
+    """An RFC 7807 problem, the same shape the engine answers with (docs/engine-api.md)."""
+    payload = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status, "detail": detail}
+    body = json.dumps({**payload, **members}, separators=(",", ":")).encode()
+    await _send_bytes(send, status, body, [*_PROBLEM, *(extra or [])])

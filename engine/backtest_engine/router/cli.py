@@ -22,6 +22,7 @@ from backtest_engine.router.app import (
 from backtest_engine.router.forwarding import DEFAULT_MAX_BODY_BYTES
 from backtest_engine.router.metrics import DEFAULT_LATENCY_OBJECTIVE_SECONDS
 from backtest_engine.router.shadow import DEFAULT_MAX_IN_FLIGHT
+from backtest_engine.router.upstream import MAX_CONNECTION_AGE_SECONDS
 from backtest_engine.router.weights import (
     ConfigMapWeightSource,
     FileWeightSource,
@@ -99,9 +100,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
         metavar="N",
-        help="largest request body buffered for replay; larger ones get 413 (default 10 MiB)",
+        help="largest request body buffered for replay; larger ones get 413 (default: the engine's upload "
+        f"limit, {DEFAULT_MAX_BODY_BYTES // 2**20} MiB)",
     )
     parser.add_argument("--max-connections", type=int, default=256, metavar="N", help="pooled connections per upstream")
+    parser.add_argument(
+        "--upstream-max-connection-age",
+        type=_positive_float,
+        default=MAX_CONNECTION_AGE_SECONDS,
+        metavar="SECONDS",
+        help="close an upstream connection after this long even when busy, so a Service selector switch "
+        f"reaches every request (default {MAX_CONNECTION_AGE_SECONDS:g})",
+    )
     parser.add_argument(
         "--shadow-fraction",
         type=_fraction,
@@ -166,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> RouterConfig:
         connect_timeout_seconds=args.connect_timeout,
         max_body_bytes=args.max_body_bytes,
         max_connections=args.max_connections,
+        max_connection_age_seconds=args.upstream_max_connection_age,
         shadow_fraction=args.shadow_fraction,
         shadow_max_in_flight=args.shadow_max_in_flight,
         proxy_token=os.environ.get("ROUTER_PROXY_TOKEN", ""),  # a secret: from the environment, never argv

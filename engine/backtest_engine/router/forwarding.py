@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from backtest_engine.limits import DEFAULT_MAX_UPLOAD_BYTES
+
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -30,7 +32,8 @@ TRACK_HEADER = b"x-backtest-track"
 PROXY_TOKEN_HEADER = b"x-backtest-proxy-token"
 """Proves to the engine that X-Forwarded-For came from the router (engine: service/clients.py)."""
 FALLBACK_HEADER = b"x-backtest-fallback"
-DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = DEFAULT_MAX_UPLOAD_BYTES
+"""At least what the engine accepts as an upload, or the router would refuse uploads the engine takes."""
 
 Headers = list[tuple[bytes, bytes]]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -48,6 +48,7 @@ class ResponseProtocol(asyncio.Protocol):
         self.closed = False
         self.keep_alive = True
         self.idle_since = time.monotonic()
+        self.created_at = self.idle_since
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[RawResponse] | None = None
         self._head = False
@@ -126,8 +127,14 @@ class ResponseProtocol(asyncio.Protocol):
             self._waiter = None
             self.idle_since = time.monotonic()
 
-    def reusable(self, now: float, keepalive_expiry: float) -> bool:
-        return not self.closed and self.keep_alive and self._waiter is None and now - self.idle_since < keepalive_expiry
+    def reusable(self, now: float, keepalive_expiry: float, max_age: float = float("inf")) -> bool:
+        return (
+            not self.closed
+            and self.keep_alive
+            and self._waiter is None
+            and now - self.idle_since < keepalive_expiry
+            and now - self.created_at < max_age
+        )
 
     def close(self) -> None:
         self.closed = True
@@ -163,8 +170,10 @@ class Http1Pool:
         limit: int,
         keepalive_expiry: float,
         connect_timeout: float,
+        max_age: float = float("inf"),
     ) -> None:
         self.host, self.port = host, port
+        self._max_age = max_age
         self._ssl = ssl.create_default_context() if tls else None
         self._keepalive_expiry = keepalive_expiry
         self._connect_timeout = connect_timeout
@@ -191,7 +200,7 @@ class Http1Pool:
         except BaseException:
             conn.close()  # cancelled or failed mid-message: the connection's state is unknown
             raise
-        if conn.keep_alive and not conn.closed:
+        if conn.keep_alive and not conn.closed and time.monotonic() - conn.created_at < self._max_age:
             self._idle.append(conn)
         else:
             conn.close()
@@ -201,7 +210,7 @@ class Http1Pool:
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
-            if conn.reusable(now, self._keepalive_expiry):
+            if conn.reusable(now, self._keepalive_expiry, self._max_age):
                 return conn
             conn.close()
         return None

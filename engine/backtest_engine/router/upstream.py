@@ -15,6 +15,9 @@ from backtest_engine.router.routing import Failure, Outcome, Track
 # Below uvicorn's default keep-alive timeout (5 s): the router drops an idle connection before the
 # upstream does, so a request is rarely written into a connection the upstream is closing.
 KEEPALIVE_EXPIRY_SECONDS = 4.0
+# A busy connection is never idle, so without a lifetime it would outlive a Service selector switch and
+# keep a track's requests on the pods it selected before (kube-proxy balances connections, not requests).
+MAX_CONNECTION_AGE_SECONDS = 10.0
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
@@ -50,6 +53,7 @@ class Upstream:
         connect_timeout_seconds: float = 1.0,
         max_connections: int = 256,
         keepalive_expiry_seconds: float = KEEPALIVE_EXPIRY_SECONDS,
+        max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS,
     ) -> None:
         base = httpx.URL(url)
         if base.scheme not in ("http", "https") or not base.host or base.query or base.fragment:
@@ -67,6 +71,7 @@ class Upstream:
             limit=max_connections,
             keepalive_expiry=keepalive_expiry_seconds,
             connect_timeout=min(connect_timeout_seconds, timeout_seconds),
+            max_age=max_connection_age_seconds,
         )
 
     async def attempt(self, forwarded: ForwardedRequest) -> Answer:

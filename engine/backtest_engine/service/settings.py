@@ -16,6 +16,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backtest_engine import __version__
+from backtest_engine.limits import DEFAULT_MAX_UPLOAD_BYTES
 from backtest_engine.service.auth import parse_entry
 
 DEFAULT_DATABASE_URL = "sqlite:///./backtest-results.db"
@@ -61,7 +62,7 @@ class ServiceSettings(BaseSettings):
         default=None, description="seed of the fault RNG, so a rehearsal fails the same requests every run"
     )
     rate_limit: int = Field(default=600, ge=1, description="requests per minute per API key, all replicas")
-    max_upload_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description="largest dataset upload")
+    max_upload_bytes: int = Field(default=DEFAULT_MAX_UPLOAD_BYTES, ge=1024, description="largest dataset upload")
     max_upload_rows: int = Field(default=1_000_000, ge=2, description="most rows (bars) in one uploaded dataset")
     max_upload_uncompressed_bytes: int = Field(
         default=128 * 1024 * 1024, ge=1024, description="largest uploaded dataset once decompressed"

@@ -9,14 +9,9 @@ from pydantic import Field
 from backtest_operator.api.base import ApiModel
 from backtest_operator.api.spec import BacktestServiceSpec
 from backtest_operator.api.status import BacktestServiceStatus
+from backtest_operator.names import API_VERSION, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULAR, VERSION
 
-GROUP = "backtest.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "BacktestService"
-PLURAL = "backtestservices"
-SINGULAR = "backtestservice"
-SHORT_NAMES = ["bts"]
+__all__ = ["API_VERSION", "GROUP", "KIND", "PLURAL", "SHORT_NAMES", "SINGULAR", "VERSION", "BacktestService"]
 
 
 class BacktestService(ApiModel):

@@ -13,7 +13,7 @@ import json
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from backtest_operator.api.base import ApiModel
 from backtest_operator.api.durations import Duration
@@ -217,6 +217,21 @@ class Phase(ApiModel):
     """The phase fails when the canary's error rate reaches this value."""
 
 
+def _spec_rule_violations(spec: BacktestServiceSpec) -> list[str]:
+    """SPEC_RULES, evaluated in Python for manifests read outside the API server."""
+    objective = spec.analysis.latency_objective
+    broken: list[str] = []
+    timeout = spec.traffic.canary_timeout
+    if timeout is not None and timeout <= objective:
+        broken.append(SPEC_RULES[0]["message"])
+    if spec.traffic.stable_timeout <= objective:
+        broken.append(SPEC_RULES[1]["message"])
+    milliseconds = round(objective.total_seconds() * 1000)
+    if spec.traffic.provider != "router" and milliseconds not in ENGINE_LATENCY_BUCKETS_MS:
+        broken.append(SPEC_RULES[2]["message"])
+    return broken
+
+
 def default_phases() -> list[Phase]:
     """The product's default rollout: canary 1%, testing 10%, validation 50%, full 100%."""
     return [
@@ -238,7 +253,8 @@ class RollbackSettings(ApiModel):
     """Canary p95 minus stable p95 above which the rollout rolls back at once (judged by counting the
     canary requests slower than stable's p95 plus this)."""
     on_unhealthy: bool = True
-    """Roll back when canary pods are not ready or restarting."""
+    """Roll back when more than maxUnhealthyPods canary pods are unhealthy: crash-looping, unable to start
+    from their image or configuration, or not ready for longer than readinessGrace."""
     max_analysis_errors: int = Field(default=3, ge=1)
     """Consecutive failed evaluations (Prometheus unreachable, bad query) before rolling back."""
     min_requests: int = Field(default=10, ge=1)
@@ -248,6 +264,11 @@ class RollbackSettings(ApiModel):
     """Roll back when the canary pods are not ready this long after the rollout starts."""
     bake_window: Duration = timedelta(minutes=10)
     """After promotion the previous version stays ready this long; a trigger within it rolls back at once."""
+    readiness_grace: Duration = timedelta(minutes=2)
+    """A canary pod counts as unhealthy once its readiness has failed this long since its last Ready
+    transition; terminating, evicted and preempted pods, and restarts from before the rollout, never count."""
+    max_unhealthy_pods: int = Field(default=0, ge=0)
+    """Unhealthy canary pods tolerated at once; the unhealthy trigger acts when more are unhealthy."""
 
 
 class ShadowSettings(ApiModel):
@@ -273,9 +294,43 @@ class TrafficSettings(ApiModel):
     """Image of the bundled router; the operator's default router image when omitted."""
     parent_refs: list[KubeObject] = Field(default_factory=list)
     """Gateway API parentRefs of the HTTPRoute the operator manages (gatewayAPI provider)."""
+    canary_timeout: Duration | None = None
+    """The router abandons a canary attempt after this long and re-serves it from stable; must exceed
+    analysis.latencyObjective. Default: 2.5 times the latency objective, at most stableTimeout."""
+    stable_timeout: Duration = timedelta(seconds=60)
+    """The router gives up on stable after this long and answers 504; must exceed analysis.latencyObjective."""
+    dynamic_stable_scale: bool = False
+    """Scale stable down as traffic leaves it (and back up on rollback), like Argo Rollouts'
+    dynamicStableScale: saves pods during a rollout, at the cost of a rollback landing on fewer ready
+    stable pods. Off: stable keeps every replica until the new revision is promoted."""
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     """Shadow comparison of canary results against stable (router provider)."""
 
+
+ENGINE_LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2000, 2500, 5000, 10000, 30000, 60000)
+"""Bucket bounds of the engine's request histogram (backtest_engine.service.metrics.DURATION_BUCKETS), in
+milliseconds: without the router, the latency objective must be one of them to count slow requests."""
+CANARY_TIMEOUT_FACTOR = 2.5
+"""Default router canary timeout as a multiple of the latency objective (2 s -> 5 s)."""
+
+SPEC_RULES: list[dict[str, str]] = [
+    {
+        "rule": "!has(self.traffic.canaryTimeout) || "
+        "duration(self.traffic.canaryTimeout) > duration(self.analysis.latencyObjective)",
+        "message": "traffic.canaryTimeout must exceed analysis.latencyObjective: an abandoned canary request "
+        "must count as slow",
+    },
+    {
+        "rule": "duration(self.traffic.stableTimeout) > duration(self.analysis.latencyObjective)",
+        "message": "traffic.stableTimeout must exceed analysis.latencyObjective",
+    },
+    {
+        "rule": "self.traffic.provider == 'router' || "
+        f"{list(ENGINE_LATENCY_BUCKETS_MS)}.exists(b, duration(self.analysis.latencyObjective).getMilliseconds() == b)",
+        "message": "without the router, analysis.latencyObjective must be a bucket bound of the engine's latency "
+        "histogram (5ms, 10ms, 25ms, 50ms, 100ms, 250ms, 500ms, 1s, 2s, 2.5s, 5s, 10s, 30s, 60s)",
+    },
+]
 
 PHASE_RULES: list[dict[str, str]] = [
     {
@@ -293,8 +348,12 @@ PHASE_RULES: list[dict[str, str]] = [
 class BacktestServiceSpec(PodSettings):
     """Desired state: the engine to run, how to shift traffic to a new version, and how to judge it."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})  # type: ignore[dict-item]
+
     replicas: int = Field(default=2, ge=0, le=1000)
-    """Engine pods per track. Changing only this does not start a rollout."""
+    """Engine pods serving the service (the /scale subresource: `kubectl scale bts`, an HPA). During a
+    rollout the operator splits them between stable and canary by weight. Changing only this does not
+    start a rollout."""
     traffic: TrafficSettings = Field(default_factory=TrafficSettings)
     """Traffic shifting."""
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
@@ -326,7 +385,16 @@ class BacktestServiceSpec(PodSettings):
         names = [p.name for p in self.phases]
         if len(set(names)) != len(names):
             raise ValueError("phases: phase names must be unique")
+        broken = _spec_rule_violations(self)
+        if broken:
+            raise ValueError(broken[0])
         return self
+
+    def canary_timeout(self) -> timedelta:
+        """The router's canary timeout: spec'd, or derived from the latency objective."""
+        if self.traffic.canary_timeout is not None:
+            return self.traffic.canary_timeout
+        return min(self.analysis.latency_objective * CANARY_TIMEOUT_FACTOR, self.traffic.stable_timeout)
 
     def pod(self) -> PodSettings:
         """The pod-defining part of the spec: what a revision is made of."""

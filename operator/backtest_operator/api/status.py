@@ -134,7 +134,14 @@ class BacktestServiceStatus(ApiModel):
     step_name: str | None = None
     """Name of the current phase."""
     canary_weight: int = 0
-    """Percentage of traffic the new revision receives now."""
+    """Percentage of traffic the operator asks the data plane to send to the new revision."""
+    effective_weight: int | None = None
+    """Percentage of traffic the data plane actually sends to the new revision, as read back (the router's
+    weight, the HTTPRoute the gateway accepted, or the ready replica ratio); unset when it cannot be read."""
+    replicas: int = 0
+    """Engine pods of every live revision (the /scale subresource's status.replicas, read by an HPA)."""
+    selector: str = ""
+    """Label selector of the engine pods (the /scale subresource's status.selector)."""
     stable_revision: str | None = None
     canary_revision: str | None = None
     previous_revision: str | None = None
@@ -145,7 +152,13 @@ class BacktestServiceStatus(ApiModel):
     """Pod settings of the previous revision during the bake window."""
     rollout_started_at: datetime | None = None
     phase_started_at: datetime | None = None
-    """When the current phase's clock started (shifted forward by time spent paused)."""
+    """When the current phase's clock started: once its weight was applied and confirmed by the data plane
+    (shifted forward by time spent paused). Unset while the phase waits for capacity or confirmation."""
+    waiting_since: datetime | None = None
+    """When the current phase began waiting for canary capacity or weight confirmation; a wait longer than
+    rollback.progressDeadline rolls back."""
+    promotion_pending: bool = False
+    """A promotion waits for every replica of the new revision to be ready before the switch."""
     paused_at: datetime | None = None
     bake_until: datetime | None = None
     analysis_errors: int = 0

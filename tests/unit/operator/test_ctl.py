@@ -13,5 +13,6 @@ def test_status_view_shows_checks_conditions_and_history_when_rolled_back():
     text = render_status(body)
     assert "State:    Degraded" in text
     assert "error_rate_trigger" in text and "fail" in text
-    assert "Degraded     True    RolledBack" in text
+    assert "Degraded      True    RolledBack" in text
+    assert "Stalled       True    RolledBack" in text
     assert "rolled_back" in text

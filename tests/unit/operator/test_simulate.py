@@ -73,7 +73,7 @@ def test_healthy_recording_promotes_after_total_phase_duration_when_replayed():
         # canary timeouts: slow before the fallbacks are clearly over 25%
         ("rollback-fallback-rate.csv", "canary", "slow_rate_vs_stable", "canary slow share", 120),
         ("rollback-latency.csv", "testing", "latency_trigger", "slower than stable's p95 + 2s", 60),
-        ("rollback-unhealthy.csv", "testing", "unhealthy", "1 canary pods not ready or restarting", 30),
+        ("rollback-unhealthy.csv", "testing", "unhealthy", "1 canary pods unhealthy", 30),
         ("rollback-phase-threshold.csv", "testing", "error_rate_vs_stable", "is above stable's", 90),
         ("rollback-worse-than-stable.csv", "testing", "error_rate_vs_stable", "plus the 0.5% margin", 600),
     ],
