@@ -36,17 +36,23 @@ class ScrapeJob:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def scrape_config(jobs: list[ScrapeJob], interval: str = "1s") -> dict[str, Any]:
-    """The prometheus.yml for `jobs`; the evaluation interval follows the scrape interval."""
+def scrape_config(
+    jobs: list[ScrapeJob], interval: str = "1s", extra: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The prometheus.yml for `jobs` (plus `extra` raw scrape configs, e.g. a PodMonitor's service
+    discovery); the evaluation interval follows the scrape interval."""
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
         "scrape_configs": [
-            {
-                "job_name": job.name,
-                "metrics_path": job.metrics_path,
-                "static_configs": [{"targets": list(job.targets), "labels": dict(job.labels)}],
-            }
-            for job in jobs
+            *(extra or []),
+            *(
+                {
+                    "job_name": job.name,
+                    "metrics_path": job.metrics_path,
+                    "static_configs": [{"targets": list(job.targets), "labels": dict(job.labels)}],
+                }
+                for job in jobs
+            ),
         ],
     }
 
@@ -61,10 +67,12 @@ class PrometheusServer:
         jobs: list[ScrapeJob],
         interval: str = "1s",
         die_with_parent: bool = True,
+        extra_scrape_configs: list[dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.workdir = workdir.resolve()
         self.jobs = list(jobs)
+        self.extra_scrape_configs = list(extra_scrape_configs or [])
         self.interval = interval
         self.die_with_parent = die_with_parent
         self.port = _free_port()
@@ -148,7 +156,7 @@ class PrometheusServer:
             raise ClusterError("prometheus", f"targets not up after {timeout:.0f}s: {self.targets_up()}", self.log)
 
     def _write_config(self) -> None:
-        config = scrape_config(self.jobs, self.interval)
+        config = scrape_config(self.jobs, self.interval, self.extra_scrape_configs)
         self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _get(self, path: str) -> tuple[int, str]:
