@@ -67,11 +67,7 @@ def scrape_configs(podmonitor: Manifest, kubeconfig: Path) -> list[Manifest]:
         relabel = [
             {"action": "drop", "source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)"},
             *_selector_rules(spec["selector"]),
-            {
-                "action": "keep",
-                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                "regex": endpoint["port"],
-            },  # fmt: skip
+            {"action": "keep", "source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": port},
             {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
             {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
             {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
