@@ -1,3 +1,3 @@
 """Shared fixtures: the real control plane, namespaces, the CRD and Prometheus (see backtest_devtools)."""
 
-pytest_plugins = ["backtest_devtools.fixtures"]
+pytest_plugins = ["backtest_devtools.fixtures", "backtest_devtools.realfixtures"]

@@ -68,15 +68,18 @@ class PrometheusServer:
         interval: str = "1s",
         die_with_parent: bool = True,
         extra_scrape_configs: list[dict[str, Any]] | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        """host: the listen address; pods reach the host only on the real node's address, not loopback."""
         self.settings = settings
         self.workdir = workdir.resolve()
         self.jobs = list(jobs)
         self.extra_scrape_configs = list(extra_scrape_configs or [])
         self.interval = interval
         self.die_with_parent = die_with_parent
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = _free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self._managed: processes.Managed | None = None
 
     @property
@@ -98,7 +101,7 @@ class PrometheusServer:
                 self.settings.prometheus,
                 f"--config.file={self.config_file}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
                 "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=2h",
                 "--log.level=warn",
@@ -119,6 +122,9 @@ class PrometheusServer:
     def stop(self) -> None:
         if self._managed is not None:
             processes.stop(self._managed)
+
+    def rss_bytes(self) -> int:
+        return self._managed.rss_bytes() if self._managed is not None else 0
 
     def set_jobs(self, jobs: list[ScrapeJob]) -> None:
         """Replace the scrape jobs of a running server (config rewrite + /-/reload, no restart)."""
@@ -173,9 +179,9 @@ class PrometheusServer:
             return 0, str(error)
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 

@@ -34,6 +34,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from backtest_devtools import build, images, node
+from backtest_devtools.certs import NODE_IP
 from backtest_devtools.chart import helm_install, helm_uninstall, router_scrape_configs
 from backtest_devtools.cluster import ClusterInfo, LocalCluster
 from backtest_devtools.config import Settings, load_settings
@@ -191,7 +192,12 @@ def router_prometheus(
     settings: Settings = load_settings()
     configs = router_scrape_configs(settings, real_cluster.info.kubeconfig, interval="1s")
     server = PrometheusServer(
-        settings, tmp_path_factory.mktemp("router-prometheus"), [], interval="1s", extra_scrape_configs=configs
+        settings,
+        tmp_path_factory.mktemp("router-prometheus"),
+        [],
+        interval="1s",
+        extra_scrape_configs=configs,
+        host=NODE_IP,  # the operator's pod queries it: pods reach the host on the node address only
     )
     server.start()
     try:
