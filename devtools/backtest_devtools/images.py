@@ -182,7 +182,7 @@ def ensure_base_image(settings: Settings, say: Report) -> str:
         say(f"[images] making the base root filesystem with mmdebstrap ({', '.join(BASE_PACKAGES)})")
         partial = folder / "rootfs.tar.partial"
         sources = Path("/etc/apt/sources.list.d/debian.sources")
-        command = ["mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+        command = ["mmdebstrap", "--variant=minbase", "--format=tar", f"--include={','.join(BASE_PACKAGES)}",
                    "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
                    "--dpkgopt=path-exclude=/usr/share/locale/*", "bookworm", str(partial)]  # fmt: skip
         if sources.exists():
@@ -256,7 +256,7 @@ def build_project_images(settings: Settings, say: Report) -> list[Built]:
         log = images_dir(settings) / f"{image.name}.log"
         log.write_text("")
         tag = f"localhost/backtest/{image.name}:{digest[:16]}"
-        command = ["bud", "--isolation", "chroot", "--pull=never", "--format", "docker", "--layers",
+        command = ["bud", "--isolation", "oci", "--pull=never", "--format", "docker", "--layers",
                    "--network", "none", "-v", f"{wheelhouse}:{WHEELHOUSE_MOUNT}:ro", "-f", str(image.dockerfile),
                    "-t", tag]  # fmt: skip
         for key, value in args.items():

@@ -235,7 +235,7 @@ class RealNode:
         config = nodeconfig.kubelet_config(
             ca_file=pki.ca.cert, tls_cert=serving.cert, tls_key=serving.key, port=ports.kubelet,
             healthz_port=ports.kubelet_healthz, runtime_socket=containerd.SOCKET, resolv_conf=resolv,
-            pod_logs=netsetup.LIB_ROOT / "pod-logs",
+            pod_logs=netsetup.LIB_ROOT / "pod-logs", volume_plugins=netsetup.LIB_ROOT / "volume-plugins",
         )  # fmt: skip
         path = self.folder / "kubelet.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -250,7 +250,6 @@ class RealNode:
                 f"--hostname-override={nodeconfig.NODE_NAME}",
                 f"--node-ip={certs.NODE_IP}",
                 f"--node-labels={nodeconfig.NODE_LABEL}=real",
-                f"--volume-plugin-dir={netsetup.LIB_ROOT / 'volume-plugins'}",
                 "--v=1",
             ],
         )

@@ -36,6 +36,7 @@ def kubelet_config(
     runtime_socket: Path,
     resolv_conf: Path,
     pod_logs: Path,
+    volume_plugins: Path,
 ) -> Manifest:
     zero = "0%"
     return {
@@ -73,6 +74,7 @@ def kubelet_config(
         "clusterDomain": CLUSTER_DOMAIN,
         "resolvConf": str(resolv_conf),
         "podLogsDirectory": str(pod_logs),
+        "volumePluginDir": str(volume_plugins),
         "serializeImagePulls": False,
         "registerNode": True,
         "rotateCertificates": False,

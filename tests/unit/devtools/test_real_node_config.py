@@ -19,7 +19,7 @@ def kubelet(tmp_path: Path) -> dict:
     return nodeconfig.kubelet_config(
         ca_file=tmp_path / "ca.crt", tls_cert=tmp_path / "k.crt", tls_key=tmp_path / "k.key", port=10250,
         healthz_port=10248, runtime_socket=containerd.SOCKET, resolv_conf=tmp_path / "resolv.conf",
-        pod_logs=tmp_path / "logs",
+        pod_logs=tmp_path / "logs", volume_plugins=tmp_path / "plugins",
     )  # fmt: skip
 
 
