@@ -21,7 +21,7 @@ VALIDITY = datetime.timedelta(days=365)
 # First address of the service range (--service-cluster-ip-range); in-cluster clients dial it.
 SERVICE_IP = "10.0.0.1"
 SERVICE_CIDR = "10.0.0.0/24"
-# The real node's address, on a dummy interface of this machine (see netsetup.py). The API server listens
+# The real node's address, on an empty bridge of this machine (see netsetup.py). The API server listens
 # on it when a real node runs, because pods cannot reach the host's loopback.
 NODE_IP = "10.200.0.1"
 APISERVER_DNS = [

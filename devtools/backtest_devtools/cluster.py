@@ -3,7 +3,7 @@ kube-scheduler, and kwok managing fake nodes so that Deployment pods get schedul
 
 With ``real_node=True`` the cluster also gets a real node (node.py: containerd, kubelet, kube-proxy,
 CoreDNS, metrics-server). Pods cannot reach the host's loopback, so then the API server listens on the
-node's address (certs.NODE_IP, a dummy interface of this machine) and advertises it, authorizes kubelets
+node's address (certs.NODE_IP, on an empty bridge of this machine) and advertises it, authorizes kubelets
 (Node authorizer, NodeRestriction) and serves aggregated APIs (metrics.k8s.io); the fake kwok nodes get a
 NoSchedule taint, so ordinary pods run for real and only pods that tolerate it land on kwok.
 
@@ -377,8 +377,10 @@ class LocalCluster:
         context.load_cert_chain(str(pki.admin.cert), str(pki.admin.key))
         return context
 
-    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
-        return _http(method, self._server_url(path), self._admin_tls(), body)
+    def api(
+        self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str = "application/json"
+    ) -> tuple[int, str]:
+        return _http(method, self._server_url(path), self._admin_tls(), body, content_type)
 
 
 def _kube_client_flags(kubeconfig: Path, port: int) -> list[str]:

@@ -36,11 +36,17 @@ def insecure_tls() -> ssl.SSLContext:
     return context
 
 
-def http(method: str, url: str, tls: ssl.SSLContext | None, body: dict[str, Any] | None = None) -> tuple[int, str]:
+def http(
+    method: str,
+    url: str,
+    tls: ssl.SSLContext | None,
+    body: dict[str, Any] | None = None,
+    content_type: str = "application/json",
+) -> tuple[int, str]:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
-        request.add_header("Content-Type", "application/json")
+        request.add_header("Content-Type", content_type)
     try:
         with urllib.request.urlopen(request, timeout=5, context=tls) as response:
             return response.status, response.read().decode(errors="replace")

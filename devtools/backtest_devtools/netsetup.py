@@ -91,14 +91,15 @@ def setup_host(cni_conf_dir: Path) -> None:
     RUN_ROOT.mkdir(parents=True, exist_ok=True)
     LIB_ROOT.mkdir(parents=True, exist_ok=True)
     if not interface_exists(NODE_INTERFACE):
-        _ip("link", "add", NODE_INTERFACE, "type", "dummy")
+        # An empty bridge holds the address: kernels without the dummy driver (like this VM's) have bridges.
+        _ip("link", "add", NODE_INTERFACE, "type", "bridge")
     addresses = _run(["ip", "-o", "-4", "addr", "show", "dev", NODE_INTERFACE]).stdout
     if f" {NODE_IP}/" not in addresses:
         _ip("addr", "add", f"{NODE_IP}/32", "dev", NODE_INTERFACE)
     _ip("link", "set", NODE_INTERFACE, "up")
-    # Host-side safety net: Service IPs and pod IPs are routed to the dummy interface (which discards what it
-    # is given) unless kube-proxy rewrites the destination or the pod bridge exists (its own route wins by
-    # metric). Nothing for these ranges can ever follow the default route off the machine.
+    # Host-side safety net: Service IPs and pod IPs are routed to the node's empty bridge (no port: it discards
+    # what it is given) unless kube-proxy rewrites the destination or the pod bridge exists (its own route wins
+    # by metric). Nothing for these ranges can ever follow the default route off the machine.
     _ip("route", "replace", SERVICE_CIDR, "dev", NODE_INTERFACE, "src", NODE_IP)
     _ip("route", "replace", POD_CIDR, "dev", NODE_INTERFACE, "metric", "1000")
     cni_conf_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +247,7 @@ def check_prerequisites() -> str | None:
         return f"missing {', '.join(missing)}; install them with `make deps-node`"
     if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
         return "no usable cgroup hierarchy under /sys/fs/cgroup"
-    probe = _run(["ip", "link", "add", "bt-probe0", "type", "dummy"])
+    probe = _run(["ip", "link", "add", "bt-probe0", "type", "bridge"])
     if probe.returncode != 0:
         return f"cannot create network interfaces here ({probe.stderr.strip()})"
     subprocess.run(["ip", "link", "delete", "bt-probe0"], capture_output=True, check=False)

@@ -141,14 +141,16 @@ class RealNode:
             raise ClusterError("containerd", "exited during start", managed.log)
         images.import_into_node(self.settings, self.say)
         configs = self._identities(server, pki, ports)
-        for manifest in nodeconfig.dns_objects() + nodeconfig.metrics_server_objects(
-            ports.metrics_server, base64.b64encode(pki.ca.cert.read_bytes()).decode()
-        ):
-            _create(api, manifest)
+        for manifest in nodeconfig.dns_objects():
+            _apply(api, manifest)
         self._start_kubelet(configs["kubelet"], ports, pki, api)
         self._start_kube_proxy(configs["kube-proxy"], ports)
         self._start_coredns(configs["coredns"], ports)
         self._start_metrics_server(configs["metrics-server"], ports, pki)
+        # Registered once it serves, so the aggregator's first availability check already succeeds.
+        ca_bundle = base64.b64encode(pki.ca.cert.read_bytes()).decode()
+        for manifest in nodeconfig.metrics_server_objects(ports.metrics_server, ca_bundle):
+            _apply(api, manifest)
 
     def stop(self) -> list[str]:
         """Tear down in order and sweep; returns what could not be removed (empty after a clean stop)."""
@@ -299,7 +301,7 @@ class RealNode:
                 f"--kubelet-certificate-authority={pki.ca.cert}",
                 "--kubelet-preferred-address-types=InternalIP",
                 "--kubelet-use-node-status-port",
-                "--metric-resolution=10s",
+                "--metric-resolution=15s",
                 f"--cert-dir={self.folder / 'metrics-server-certs'}",
             ],
         )
@@ -327,9 +329,12 @@ class RealNode:
         )
 
 
-def _create(api: Api, manifest: dict[str, Any]) -> None:
-    status, body = api("POST", nodeconfig.collection_path(manifest), manifest)
-    if status not in (200, 201, 409):
+def _apply(api: Api, manifest: dict[str, Any]) -> None:
+    """Server-side apply: creates the object, or brings one left from a previous start up to date (ports)."""
+    name = manifest["metadata"]["name"]
+    path = f"{nodeconfig.collection_path(manifest)}/{name}?fieldManager=backtest-devtools&force=true"
+    status, body = api("PATCH", path, manifest, "application/apply-patch+yaml")
+    if status not in (200, 201):
         raise ClusterError(
             "kube-apiserver", f"creating {manifest['kind']} {manifest['metadata']['name']}: {body[:300]}"
         )
