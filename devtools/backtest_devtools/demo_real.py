@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from backtest_devtools import images
+from backtest_devtools import build, images
 from backtest_devtools.certs import NODE_IP
 from backtest_devtools.chart import helm_install, helm_uninstall, router_scrape_configs
 from backtest_devtools.cluster import LocalCluster
@@ -73,6 +73,7 @@ def run(workdir: Path, rate: float, borrowed: Path | None) -> dict[str, Any]:
         prometheus = PrometheusServer(
             settings, workdir / "prometheus", [], interval=SCRAPE_INTERVAL, host=NODE_IP,
             extra_scrape_configs=router_scrape_configs(settings, info.kubeconfig, interval=SCRAPE_INTERVAL),
+            binary=build.binary(settings, "prometheus"),  # Debian's has no Kubernetes discovery
         )  # fmt: skip
         prometheus.start()
         cleanup.callback(prometheus.stop)

@@ -69,8 +69,10 @@ class PrometheusServer:
         die_with_parent: bool = True,
         extra_scrape_configs: list[dict[str, Any]] | None = None,
         host: str = "127.0.0.1",
+        binary: Path | None = None,
     ) -> None:
-        """host: the listen address; pods reach the host only on the real node's address, not loopback."""
+        """host: the listen address; pods reach the host only on the real node's address, not loopback.
+        binary: another Prometheus than Debian's (the real tier's, built with Kubernetes discovery)."""
         self.settings = settings
         self.workdir = workdir.resolve()
         self.jobs = list(jobs)
@@ -78,6 +80,7 @@ class PrometheusServer:
         self.interval = interval
         self.die_with_parent = die_with_parent
         self.host = host
+        self.binary = str(binary) if binary else settings.prometheus
         self.port = _free_port(host)
         self.url = f"http://{host}:{self.port}"
         self._managed: processes.Managed | None = None
@@ -91,14 +94,14 @@ class PrometheusServer:
         return self.workdir / "prometheus.log"
 
     def start(self, timeout: float = 30.0) -> PrometheusServer:
-        if self.settings.prometheus is None:
+        if self.binary is None:
             raise ClusterError("prometheus", f"the prometheus binary is not on PATH; {INSTALL_HINT}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self._managed = processes.start(
             "prometheus",
             [
-                self.settings.prometheus,
+                self.binary,
                 f"--config.file={self.config_file}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 f"--web.listen-address={self.host}:{self.port}",

@@ -198,6 +198,7 @@ def router_prometheus(
         interval="1s",
         extra_scrape_configs=configs,
         host=NODE_IP,  # the operator's pod queries it: pods reach the host on the node address only
+        binary=build.binary(settings, "prometheus"),  # Debian's has no Kubernetes discovery
     )
     server.start()
     try:

@@ -173,7 +173,27 @@ CRI_TOOLS = GoRelease(
     version="v1.37.0",
     programs={"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"},
 )
-NODE_RELEASES: tuple[GoRelease, ...] = (KUBERNETES_NODE, COREDNS, METRICS_SERVER, CRI_TOOLS)
+
+
+def _prometheus_ldflags(release: GoRelease) -> list[str]:
+    """Prometheus tags v3.X.Y as module version v0.3XX.Y; the binary reports the release."""
+    minor_patch = release.version.removeprefix("v0.3")
+    minor, patch = minor_patch.split(".")
+    package = "github.com/prometheus/common/version"
+    return [f"-X {package}.Version=3.{int(minor)}.{patch}", f"-X {package}.Branch=HEAD"]
+
+
+# Debian's prometheus package is built without Kubernetes service discovery, which the real tier needs (the
+# chart's PodMonitor becomes kubernetes_sd_configs). Prometheus's own build tags keep only that mechanism.
+PROMETHEUS = GoRelease(
+    label="prometheus",
+    module="github.com/prometheus/prometheus",
+    version="v0.316.0",
+    programs={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+    tags=("remove_all_sd", "enable_kubernetes_sd"),
+    ldflags=_prometheus_ldflags,
+)
+NODE_RELEASES: tuple[GoRelease, ...] = (KUBERNETES_NODE, COREDNS, METRICS_SERVER, CRI_TOOLS, PROMETHEUS)
 """The real node: built when a real node is started (or by `make node-build`)."""
 ALL_RELEASES: tuple[GoRelease, ...] = RELEASES + NODE_RELEASES
 
