@@ -20,7 +20,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from backtest_devtools.nodeconfig import NODE_NAME
 Report = Callable[[str], None]
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 MODE_FILE = "mode.json"
+REAL_NODE_APISERVER_PORT = 6443
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,11 @@ class LocalCluster:
         if self.node is not None:
             self.node.prepare()  # host network and containerd start while the control plane comes up
         ports = Ports.pick_free(self.host)
+        if self.node is not None:
+            # One real node per machine, so its address's API port is ours: fixed, because the `kubernetes`
+            # Service endpoint kept in etcd must stay right across restarts (the lease reconciler does not
+            # rewrite a changed port).
+            ports = replace(ports, apiserver=REAL_NODE_APISERVER_PORT)
         self._ports_file.write_text(json.dumps(asdict(ports)))
         pki = certs.ensure_pki(self.state_dir / "pki")
         server = f"https://{self.host}:{ports.apiserver}"

@@ -141,7 +141,7 @@ class RealNode:
             raise ClusterError("containerd", "exited during start", managed.log)
         images.import_into_node(self.settings, self.say)
         configs = self._identities(server, pki, ports)
-        for manifest in nodeconfig.dns_objects():
+        for manifest in nodeconfig.dns_objects() + nodeconfig.metrics_server_rbac():
             _apply(api, manifest)
         self._start_kubelet(configs["kubelet"], ports, pki, api)
         self._start_kube_proxy(configs["kube-proxy"], ports)
@@ -149,7 +149,7 @@ class RealNode:
         self._start_metrics_server(configs["metrics-server"], ports, pki)
         # Registered once it serves, so the aggregator's first availability check already succeeds.
         ca_bundle = base64.b64encode(pki.ca.cert.read_bytes()).decode()
-        for manifest in nodeconfig.metrics_server_objects(ports.metrics_server, ca_bundle):
+        for manifest in nodeconfig.metrics_server_api(ports.metrics_server, ca_bundle):
             _apply(api, manifest)
 
     def stop(self) -> list[str]:

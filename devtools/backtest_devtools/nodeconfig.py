@@ -198,8 +198,8 @@ def dns_objects() -> list[Manifest]:
 METRICS_USER = "system:metrics-server"
 
 
-def metrics_server_objects(port: int, ca_bundle_b64: str) -> list[Manifest]:
-    """What metrics-server's own manifests create, for a metrics-server running as a host process."""
+def metrics_server_rbac() -> list[Manifest]:
+    """metrics-server's own RBAC (it reads its authentication config at start, so this comes first)."""
     reader_rules = [
         {"apiGroups": ["metrics.k8s.io"], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}
     ]
@@ -211,19 +211,6 @@ def metrics_server_objects(port: int, ca_bundle_b64: str) -> list[Manifest]:
         {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]},
     ]
-    api_service = {
-        "apiVersion": "apiregistration.k8s.io/v1",
-        "kind": "APIService",
-        "metadata": {"name": "v1beta1.metrics.k8s.io"},
-        "spec": {
-            "group": "metrics.k8s.io",
-            "version": "v1beta1",
-            "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
-            "caBundle": ca_bundle_b64,
-            "groupPriorityMinimum": 100,
-            "versionPriority": 100,
-        },
-    }
     return [
         aggregated,
         _cluster_role(METRICS_USER, server_rules),
@@ -243,9 +230,25 @@ def metrics_server_objects(port: int, ca_bundle_b64: str) -> list[Manifest]:
             METRICS_USER,
             namespace="kube-system",
         ),
-        *_host_service("metrics-server", [{"name": "https", "port": 443, "targetPort": port}]),
-        api_service,
     ]
+
+
+def metrics_server_api(port: int, ca_bundle_b64: str) -> list[Manifest]:
+    """The Service and endpoint of the host metrics-server, and the APIService serving metrics.k8s.io."""
+    api_service = {
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": "v1beta1.metrics.k8s.io"},
+        "spec": {
+            "group": "metrics.k8s.io",
+            "version": "v1beta1",
+            "service": {"name": "metrics-server", "namespace": "kube-system", "port": 443},
+            "caBundle": ca_bundle_b64,
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100,
+        },
+    }
+    return [*_host_service("metrics-server", [{"name": "https", "port": 443, "targetPort": port}]), api_service]
 
 
 def collection_path(manifest: Manifest) -> str:

@@ -117,9 +117,8 @@ def test_dns_service_points_at_coredns_on_the_node_address_when_rendered():
 
 
 def test_metrics_api_is_served_by_the_host_metrics_server_when_registered():
-    objects = {
-        (item["kind"], item["metadata"]["name"]): item for item in nodeconfig.metrics_server_objects(4443, "Q0E=")
-    }
+    rendered = nodeconfig.metrics_server_rbac() + nodeconfig.metrics_server_api(4443, "Q0E=")
+    objects = {(item["kind"], item["metadata"]["name"]): item for item in rendered}
     api_service = objects[("APIService", "v1beta1.metrics.k8s.io")]
     endpoints = objects[("EndpointSlice", "metrics-server-host")]
 
