@@ -117,9 +117,13 @@ def wait_answering(url: str, timeout: float = 120.0) -> None:
     wait_until(answers, timeout, f"{url} answering")
 
 
-def pod_metric(pod: Any, port: int, series: str) -> float:
-    """Sum of one series scraped straight from a pod (its IP is on the host's pod bridge)."""
-    text = httpx.get(f"http://{pod.status.pod_ip}:{port}/metrics", timeout=3.0).text
+def pod_metric(pod: Any, port: int, series: str) -> float | None:
+    """Sum of one series scraped straight from a pod (its IP is on the host's pod bridge); None while the
+    pod does not answer yet (a container is Running before its server listens)."""
+    try:
+        text = httpx.get(f"http://{pod.status.pod_ip}:{port}/metrics", timeout=3.0).text
+    except httpx.HTTPError:
+        return None
     total = 0.0
     for line in text.splitlines():
         if line.startswith(series) and not line.startswith("#"):
