@@ -124,9 +124,9 @@ def corefile(kubeconfig: Path, health_port: int, ready_port: int) -> str:
         kubeconfig {kubeconfig} backtest-local
         pods insecure
         fallthrough in-addr.arpa ip6.arpa
-        ttl 5
+        ttl 30
     }}
-    cache 5
+    cache 30
     loadbalance
 }}
 """

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client as k8s
 
@@ -46,6 +48,7 @@ class Rollout:
         self.core, self.custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
         self.namespace, self.prometheus_url = namespace, prometheus_url
         self.traffic: Traffic | None = None
+        self.seen: Counter[str] = Counter()
         api_keys_secret(self.core, namespace)
 
     def spec(self, image: str, **overrides: Any) -> dict[str, Any]:
@@ -85,8 +88,34 @@ class Rollout:
         return dict(wait_until(matching, timeout, what))
 
     def send_traffic(self, url: str, rate: float = 20.0) -> Traffic:
-        self.traffic = Traffic(backtest_request(url), rate).start()
+        self.traffic = Traffic(self._recorded(backtest_request(url)), rate).start()
         return self.traffic
+
+    def _recorded(self, send: Callable[[httpx.Client], int]) -> Callable[[httpx.Client], int]:
+        """Counts what clients saw by status code or exception, for the failure message."""
+
+        def request(client: httpx.Client) -> int:
+            try:
+                code = send(client)
+            except httpx.HTTPError as error:
+                self.seen[type(error).__name__] += 1
+                raise
+            self.seen[str(code)] += 1
+            return code
+
+        return request
+
+    def diagnose(self) -> str:
+        """Client outcomes, router logs and recent events, for the message of a failed assertion."""
+        lines = [f"clients saw {dict(self.seen)}"]
+        for pod in self.core.list_namespaced_pod(
+            self.namespace, label_selector="app.kubernetes.io/component=router"
+        ).items:
+            log = self.core.read_namespaced_pod_log(pod.metadata.name, self.namespace, tail_lines=15)
+            lines.append(f"--- router {pod.metadata.name} ---\n{log}")
+        events = self.core.list_namespaced_event(self.namespace).items[-15:]
+        lines += [f"event {e.reason}: {e.involved_object.name}: {e.message}" for e in events]
+        return "\n".join(lines)
 
     def close(self) -> None:
         if self.traffic is not None:
@@ -110,7 +139,7 @@ def test_healthy_release_is_promoted_on_real_pods_with_no_client_errors(rollout,
     traffic.stop()
 
     assert entry["outcome"] == "promoted", entry
-    assert traffic.client_errors == 0
+    assert traffic.client_errors == 0, rollout.diagnose()
     assert traffic.sent > 100
     series = router_prometheus.query(
         f'sum(backtest_router_requests_total{{namespace="{rollout.namespace}",service="{NAME}"}})'
@@ -126,7 +155,7 @@ def test_release_with_injected_errors_is_rolled_back_on_real_pods_with_no_client
     traffic.stop()
 
     assert entry["outcome"] == "rolled_back", entry
-    assert traffic.client_errors == 0
+    assert traffic.client_errors == 0, rollout.diagnose()
 
 
 @dataclass
@@ -135,6 +164,7 @@ class NeverReady:
 
     served: dict[str, float]
     client_errors: int
+    seen: dict[str, int]
     entry: dict[str, Any]
     status: dict[str, Any]
 
@@ -183,7 +213,8 @@ def never_ready(real_k8s_api, operator_release, router_prometheus, node_image) -
         traffic.stop()
         status = rollout.status()
         last = (status.get("history") or [{}])[0]
-        yield NeverReady(served, traffic.client_errors, last if last.get("revision") == revision else {}, status)
+        ended = last if last.get("revision") == revision else {}
+        yield NeverReady(served, traffic.client_errors, dict(rollout.seen), ended, status)
     finally:
         rollout.close()
         core.delete_namespace(namespace)
@@ -193,7 +224,7 @@ def test_canary_whose_readiness_probe_fails_never_gets_traffic(never_ready):
     assert never_ready.served, "no canary pod answered on /metrics"
     assert all(count == 0 for count in never_ready.served.values()), never_ready.served
     assert never_ready.entry.get("outcome") != "promoted"
-    assert never_ready.client_errors == 0
+    assert never_ready.client_errors == 0, never_ready.seen
 
 
 @pytest.mark.xfail(
@@ -220,7 +251,6 @@ def per_pod_storage_by_default() -> bool:
     strict=True,
 )
 def test_results_written_before_a_rollout_are_readable_from_the_new_revision(rollout, node_image):
-    import httpx  # noqa: PLC0415
 
     url = rollout.start(node_image("backtest-engine:real-1"))
     body = {"strategy": "sma_crossover", "params": {"fast": 5, "slow": 40},
