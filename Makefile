@@ -7,18 +7,25 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test unit lint crds clean checkov deps-system cluster-build helm-build cluster-up cluster-down cluster-status \
 	bench-router bench-shadow bench-engine bench-operator bench-service bench-decisions engine-docs e2e e2e-repeat \
-	chart-lint chart-test demo
+	chart-lint chart-test demo deps-node go-toolchain node-build images e2e-real lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Versions come from the lock file (constraints.txt, `make lock`), so a new release upstream cannot break
+# a build that passed; pip gives up on a slow index after its timeout and retries instead of hanging.
+PIP_NET := --timeout 60 --retries 5
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(PIP_NET) --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIP_NET) --constraint constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-## The whole suite, tier by tier (unit, integration, end to end); prints the 30 slowest tests. A failing
-## end-to-end test leaves its status, events, logs and router state in test-artifacts/ (docs/testing.md).
+## Re-resolve the Python dependencies and rewrite constraints.txt (on purpose, then run the tests).
+lock: setup
+	$(BIN)/python -m backtest_devtools.lock
+
+## The whole suite, tier by tier (unit, integration, end to end, real pods); prints the 30 slowest tests. A
+## failing end-to-end test leaves its status, events, logs and router state in test-artifacts/ (docs/testing.md).
 test: setup deps-system cluster-build checkov
 	$(BIN)/python -m pytest --durations=30
 
@@ -80,13 +87,16 @@ checkov: .venv-checkov/.installed-$(CHECKOV_VERSION)
 	@touch $@
 
 ## Start the local control plane in .cluster/ (idempotent); the last line is `export KUBECONFIG=...`.
-cluster-up: setup
-	@$(BIN)/python -m backtest_devtools.cluster up --state-dir $(CURDIR)/.cluster
+## With a real node (containerd, kubelet, kube-proxy, CoreDNS, metrics-server) whenever one can start here;
+## NODE=kwok keeps the fake-only cluster, NODE=real fails instead of falling back.
+NODE ?= auto
+cluster-up: setup $(if $(filter kwok,$(NODE)),,deps-node)
+	@$(BIN)/python -m backtest_devtools.cluster up --node $(NODE) --state-dir $(CURDIR)/.cluster
 
 cluster-down: setup
 	@$(BIN)/python -m backtest_devtools.cluster down --state-dir $(CURDIR)/.cluster
 
-## Which components run, and their resident memory.
+## Which components run (control plane, real node, its pods), and their resident memory.
 cluster-status: setup
 	@$(BIN)/python -m backtest_devtools.cluster status --state-dir $(CURDIR)/.cluster
 
@@ -122,6 +132,39 @@ e2e-repeat: setup deps-system cluster-build
 
 clean:
 	rm -rf $(VENV) .venv-checkov .pytest_cache .mypy_cache .ruff_cache
+
+## Debian packages of the real node and the image builds (containerd, runc, CNI plugins, buildah, mmdebstrap,
+## iptables); skipped when present. apt gets a deadline so a stuck mirror fails instead of hanging CI.
+NODE_PACKAGES := containerd runc containernetworking-plugins buildah mmdebstrap iptables
+deps-node:
+	@missing=""; for p in $(NODE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; start=$$(date +%s); \
+	  timeout 600 apt-get update -qq -o Acquire::http::Timeout=30 -o Acquire::Retries=3 && \
+	  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends \
+	    -o Acquire::http::Timeout=30 -o Acquire::Retries=3 $$missing || \
+	    { echo "error: apt-get could not install$$missing (timeout or mirror failure)" >&2; exit 2; }; \
+	  echo "installed$$missing in $$(( $$(date +%s) - start ))s"; fi
+
+## A Go toolchain new enough for the builds, from the Go module proxy, when the machine has none.
+go-toolchain: setup
+	@$(BIN)/python -m backtest_devtools.toolchain
+
+## kubelet, kube-proxy, CoreDNS, metrics-server and crictl (like the control plane: cached by version).
+node-build: setup go-toolchain
+	$(BIN)/python -m backtest_devtools.cluster build --node real
+
+## Engine and operator images from their Dockerfiles (buildah, hermetic), imported into the real node if it runs.
+images: setup deps-node
+	@$(BIN)/python -m backtest_devtools.cluster images
+
+## The end-to-end tier on real pods (real node, images, the chart installed with helm).
+e2e-real: setup deps-system deps-node cluster-build node-build images
+	$(BIN)/python -m pytest -m real tests/e2e_real
+
+# `make test` runs the real tier too: it needs the node's packages, binaries and images first.
+test: deps-node node-build images
+cluster-build: go-toolchain
 
 ## Engine benchmarks against backtesting.py (single run) and vectorbt (sweep); not part of `make test`.
 bench-engine: setup

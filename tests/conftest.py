@@ -1,7 +1,7 @@
 """Shared fixtures: the real control plane, namespaces, the CRD and Prometheus (see backtest_devtools).
 
 Tests run tier by tier: unit first (seconds, no cluster), then integration (real API server, Prometheus,
-PostgreSQL), then end-to-end rollouts, so the fastest feedback comes first and one pytest run still gives
+PostgreSQL), then end-to-end rollouts, then the tier on real pods, so the fastest feedback comes first and one pytest run still gives
 one summary and one list of the slowest tests.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["backtest_devtools.fixtures"]
+pytest_plugins = ["backtest_devtools.fixtures", "backtest_devtools.realfixtures"]
 
-TIERS = ("unit", "integration", "e2e")
+TIERS = ("unit", "integration", "e2e", "e2e_real")
 
 
 def _tier(item: pytest.Item) -> int:

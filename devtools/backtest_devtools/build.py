@@ -12,7 +12,6 @@ they import, then one `go build` produces all binaries of that release.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -21,190 +20,58 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
 from backtest_devtools.config import Settings
 from backtest_devtools.errors import BuildError
+from backtest_devtools.releases import (  # re-exported: callers and tests name releases through build
+    ALL_RELEASES,
+    ETCD,
+    HELM,
+    HELM_KUBE_VERSION,
+    KSTATUS,
+    KUBERNETES,
+    KWOK,
+    NODE_RELEASES,
+    RELEASES,
+    GoRelease,
+    binary,
+)
+
+__all__ = [
+    "ALL_RELEASES",
+    "ETCD",
+    "HELM",
+    "HELM_KUBE_VERSION",
+    "KUBERNETES",
+    "KSTATUS",
+    "KWOK",
+    "NODE_RELEASES",
+    "RELEASES",
+    "GoRelease",
+    "binary",
+    "ensure_built",
+]
 
 Report = Callable[[str], None]
+# A slow or unreachable module proxy must fail the build with a clear message, never hang CI: every `go`
+# command that may download has a deadline and is retried (the module cache keeps what already arrived).
+PROXY_PROBE_SECONDS = 30.0
+DOWNLOAD_SECONDS = 900.0
+ATTEMPTS = 3
 
 
-@dataclass(frozen=True)
-class GoRelease:
-    """One upstream Go module and the programs built from it."""
-
-    label: str
-    module: str
-    version: str
-    programs: dict[str, str]  # binary name -> import path of its main package
-    tags: tuple[str, ...] = ()
-    ldflags: Callable[[GoRelease], list[str]] = field(default=lambda _r: [])
-    sources: dict[str, str] = field(default_factory=dict)
-    """Go files of a program of our own, written into the wrapper module (its programs' import path is the
-    wrapper module's path); empty for upstream programs."""
-
-    def binary(self, settings: Settings, name: str) -> Path:
-        """Cache path of one binary: bin/<name>-<version>/<name>, plus a digest of our own sources if any."""
-        return settings.bin_dir / f"{name}-{self.version}{self.stamp}" / name
-
-    @property
-    def stamp(self) -> str:
-        if not self.sources:
-            return ""
-        text = "".join(f"{name}\0{body}\0" for name, body in sorted(self.sources.items()))
-        return "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-
-    def is_cached(self, settings: Settings) -> bool:
-        return all(os.access(self.binary(settings, name), os.X_OK) for name in self.programs)
-
-
-def _kube_ldflags(release: GoRelease) -> list[str]:
-    """The same -X flags as hack/lib/version.sh, so /version reports the real release."""
-    major, minor = release.version.lstrip("v").split(".")[:2]
-    values = {
-        "gitVersion": release.version,
-        "gitMajor": major,
-        "gitMinor": minor,
-        "gitTreeState": "clean",
-        "buildDate": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    flags = []
-    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
-        flags += [f"-X {package}.{key}={value}" for key, value in values.items()]
-    return flags
-
-
-def _kwok_ldflags(release: GoRelease) -> list[str]:
-    return [f"-X sigs.k8s.io/kwok/pkg/consts.Version={release.version}"]
-
-
-KUBERNETES = GoRelease(
-    label="kubernetes",
-    module="k8s.io/kubernetes",
-    version="v1.36.3",
-    programs={
-        "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
-        "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
-        "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
-    },
-    tags=("selinux", "notest"),
-    ldflags=_kube_ldflags,
-)
-ETCD = GoRelease(
-    label="etcd",
-    module="go.etcd.io/etcd/server/v3",
-    version="v3.6.16",
-    programs={"etcd": "go.etcd.io/etcd/server/v3"},
-)
-KWOK = GoRelease(
-    label="kwok",
-    module="sigs.k8s.io/kwok",
-    version="v0.8.0",
-    programs={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
-    ldflags=_kwok_ldflags,
-)
-
-
-# helm v3.22.0's go.mod requires k8s.io/client-go v0.37.0; helm's Makefile turns that into the Kubernetes
-# version that `helm template` and `helm lint` assume (.Capabilities.KubeVersion, deprecation checks).
-# Without these flags helm would assume v1.20. Update together with HELM.version.
-HELM_KUBE_VERSION = ("1", "37")
-
-
-def _helm_ldflags(release: GoRelease) -> list[str]:
-    """The -X flags of helm's Makefile for a tagged release (empty metadata: not "unreleased")."""
-    major, minor = HELM_KUBE_VERSION
-    flags = [
-        f"-X helm.sh/helm/v3/internal/version.version={release.version}",
-        "-X helm.sh/helm/v3/internal/version.metadata=",
-        "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
-    ]
-    for package in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
-        flags += [f"-X {package}.k8sVersionMajor={major}", f"-X {package}.k8sVersionMinor={minor}"]
-    return flags
-
-
-KSTATUS_MAIN = """// kstatus: print the verdict of sigs.k8s.io/cli-utils/pkg/kstatus/status.Compute for each object.
-// Reads a JSON object or a JSON list of objects on stdin; writes one JSON line per object.
-package main
-
-import (
-	"encoding/json"
-	"fmt"
-	"io"
-	"os"
-
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
-)
-
-func main() {
-	data, err := io.ReadAll(os.Stdin)
-	if err != nil {
-		fail(err)
-	}
-	var items []json.RawMessage
-	if err := json.Unmarshal(data, &items); err != nil {
-		items = []json.RawMessage{data}
-	}
-	out := json.NewEncoder(os.Stdout)
-	for _, item := range items {
-		object := &unstructured.Unstructured{}
-		if err := object.UnmarshalJSON(item); err != nil {
-			fail(err)
-		}
-		result, err := status.Compute(object)
-		if err != nil {
-			fail(err)
-		}
-		verdict := map[string]string{"status": string(result.Status), "message": result.Message}
-		if err := out.Encode(verdict); err != nil {
-			fail(err)
-		}
-	}
-}
-
-func fail(err error) {
-	fmt.Fprintln(os.Stderr, err)
-	os.Exit(1)
-}
-"""
-KSTATUS = GoRelease(
-    label="kstatus",
-    module="sigs.k8s.io/cli-utils",
-    version="v0.37.2",
-    programs={"kstatus": "backtest.dev/devtools/kstatus"},
-    sources={"main.go": KSTATUS_MAIN},
-)
-"""Flux's health verdict, computed by the library Flux uses (tests/e2e/test_mechanics.py, GitOps health)."""
-
-HELM = GoRelease(
-    label="helm",
-    module="helm.sh/helm/v3",
-    version="v3.22.0",
-    programs={"helm": "helm.sh/helm/v3/cmd/helm"},
-    ldflags=_helm_ldflags,
-)
-RELEASES: tuple[GoRelease, ...] = (ETCD, KWOK, KUBERNETES, HELM, KSTATUS)
-
-
-def binary(settings: Settings, name: str) -> Path:
-    """Cached path of a binary by name, whichever release builds it."""
-    for release in RELEASES:
-        if name in release.programs:
-            return release.binary(settings, name)
-    raise KeyError(name)
-
-
-def ensure_built(settings: Settings, report: Report | None = None) -> dict[str, float]:
+def ensure_built(
+    settings: Settings, report: Report | None = None, releases: Sequence[GoRelease] = RELEASES
+) -> dict[str, float]:
     """Build whatever is missing from the cache; returns seconds spent per release label (0 if cached)."""
     say = report or _stderr
-    timings: dict[str, float] = {release.label: 0.0 for release in RELEASES}
-    missing = [release for release in RELEASES if not release.is_cached(settings)]
+    timings: dict[str, float] = {release.label: 0.0 for release in releases}
+    missing = [release for release in releases if not release.is_cached(settings)]
     if not missing:
         return timings
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -239,12 +106,16 @@ def build_release(settings: Settings, release: GoRelease, say: Report) -> float:
     log.write_text("")
     env = _go_env(settings)
     say(f"[build] {release.label} {release.version}: fetching modules from the Go module proxy")
+    probe_proxy(env, release)
     upstream = _download(settings, release, env, log)
     (workdir / "go.mod").write_text(wrapper_go_mod(release, Path(upstream["GoMod"]).read_text()))
     (workdir / "go.sum").touch()
-    for name, text in release.sources.items():
-        (workdir / name).write_text(text)
-    _run([settings.go, "mod", "tidy"], workdir, env, log, release.label)
+    main_go = workdir / "main.go"
+    if release.main_go:
+        main_go.write_text(release.main_go)
+    else:
+        main_go.unlink(missing_ok=True)
+    _run_with_retries([settings.go, "mod", "tidy"], workdir, env, log, release.label)
     packages = list(release.programs.values())
     total = _count_packages(settings, release, workdir, env, log)
     say(f"[build] {release.label}: compiling {total} packages for {', '.join(release.programs)}")
@@ -277,9 +148,8 @@ def build_release(settings: Settings, release: GoRelease, say: Report) -> float:
 def wrapper_go_mod(release: GoRelease, upstream_go_mod: str) -> str:
     """A go.mod that requires the release and pins its local-path replaces to published versions."""
     go_version = re.search(r"^go (\S+)", upstream_go_mod, re.M)
-    own = f"backtest.dev/devtools/{release.label}"
     lines = [
-        f"module {own}",
+        f"module backtest.dev/devtools/{release.label}",
         "",
         f"go {go_version.group(1) if go_version else '1.26'}",
         "",
@@ -291,10 +161,10 @@ def wrapper_go_mod(release: GoRelease, upstream_go_mod: str) -> str:
         lines.append("replace (")
         lines += [f"\t{module} => {module} {published_version(release, module)}" for module in replaces]
         lines += [")", ""]
-    upstream = [package for package in release.programs.values() if not package.startswith(own)]
-    if upstream:
+    tools = [package for package in release.programs.values() if package != "."]
+    if tools:
         lines.append("tool (")
-        lines += [f"\t{package}" for package in upstream]
+        lines += [f"\t{package}" for package in tools]
         lines += [")", ""]
     return "\n".join(lines)
 
@@ -349,22 +219,77 @@ def module_dir(settings: Settings, module: str, version: str) -> Path:
     return Path(json.loads(result.stdout)["Dir"])
 
 
+def probe_proxy(env: dict[str, str], release: GoRelease) -> None:
+    """Ask the module proxy for the release's .info first: an unreachable proxy fails in seconds, by name."""
+    proxies = [p for p in env.get("GOPROXY", "https://proxy.golang.org").split(",") if p.startswith("http")]
+    if not proxies or env.get("GOFLAGS", "").find("-mod=vendor") >= 0:
+        return
+    url = f"{proxies[0].rstrip('/')}/{_escape_module(release.module)}/@v/{release.version}.info"
+    last = ""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=PROXY_PROBE_SECONDS) as response:
+                response.read()
+                return
+        except urllib.error.HTTPError as error:
+            last = f"HTTP {error.code}"
+            if error.code in (404, 410):
+                break  # the version does not exist: retrying cannot help
+        except (urllib.error.URLError, OSError) as error:
+            last = str(getattr(error, "reason", error))
+        time.sleep(2.0 * attempt)
+    raise BuildError(
+        release.label,
+        f"the Go module proxy did not serve {url} ({last}; {ATTEMPTS} attempts, {PROXY_PROBE_SECONDS:.0f}s each). "
+        "Check GOPROXY or the network, then run the build again: what was downloaded is kept",
+    )
+
+
+def _escape_module(module: str) -> str:
+    """The proxy protocol's case encoding: upper-case letters become '!' + lower case."""
+    return "".join(f"!{char.lower()}" if char.isupper() else char for char in module)
+
+
 def _download(settings: Settings, release: GoRelease, env: dict[str, str], log: Path) -> dict[str, str]:
     assert settings.go is not None
-    result = subprocess.run(
-        [settings.go, "mod", "download", "-json", f"{release.module}@{release.version}"],
-        cwd=settings.src_dir,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    with log.open("a") as handle:
-        handle.write(result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise BuildError(release.label, "go mod download failed", log)
-    info: dict[str, str] = json.loads(result.stdout)
+    command = [settings.go, "mod", "download", "-json", f"{release.module}@{release.version}"]
+    output = _run_with_retries(command, settings.src_dir, env, log, release.label, capture=True)
+    info: dict[str, str] = json.loads(output)
     return info
+
+
+def _run_with_retries(
+    command: list[str], cwd: Path, env: dict[str, str], log: Path, label: str, capture: bool = False
+) -> str:
+    """A `go` command that downloads modules: a deadline per attempt, ATTEMPTS attempts, then a clear error."""
+    what = " ".join(command[1:3])
+    for attempt in range(1, ATTEMPTS + 1):
+        with log.open("a") as handle:
+            handle.write(f"$ {' '.join(command)} (attempt {attempt})\n")
+            handle.flush()
+            try:
+                result = subprocess.run(
+                    command,
+                    cwd=cwd,
+                    env=env,
+                    stdout=subprocess.PIPE if capture else handle,
+                    stderr=handle,
+                    text=True,
+                    timeout=DOWNLOAD_SECONDS,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                handle.write(f"timed out after {DOWNLOAD_SECONDS:.0f}s\n")
+                continue
+        if result.returncode == 0:
+            return result.stdout if capture else ""
+        if attempt < ATTEMPTS:
+            time.sleep(5.0 * attempt)
+    raise BuildError(
+        label,
+        f"`{what}` failed {ATTEMPTS} times (deadline {DOWNLOAD_SECONDS:.0f}s each; slow or unreachable proxy?)",
+        log,
+    )
 
 
 def _count_packages(settings: Settings, release: GoRelease, workdir: Path, env: dict[str, str], log: Path) -> int:
@@ -387,15 +312,6 @@ def _count_packages(settings: Settings, release: GoRelease, workdir: Path, env: 
     return len(result.stdout.split())
 
 
-def _run(command: list[str], cwd: Path, env: dict[str, str], log: Path, label: str) -> None:
-    with log.open("a") as handle:
-        handle.write(f"$ {' '.join(command)}\n")
-        handle.flush()
-        result = subprocess.run(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        raise BuildError(label, f"`{' '.join(command[1:3])}` exited {result.returncode}", log)
-
-
 def _run_with_progress(
     command: list[str],
     *,
@@ -414,7 +330,13 @@ def _run_with_progress(
         handle.write(f"$ {' '.join(command)}\n")
         handle.flush()
         process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=_lower_priority,  # noqa: PLW1509 (only os.nice: safe between fork and exec)
         )
         assert process.stdout is not None
         for line in process.stdout:
@@ -434,7 +356,8 @@ def _rename_outputs(release: GoRelease, out: Path) -> dict[str, Path]:
     """`go build -o dir/` names each binary after the last element of its import path."""
     built = {}
     for name, package in release.programs.items():
-        produced = out / _default_binary_name(package)
+        # "." is the wrapper module's own main package, named after the module (backtest.dev/devtools/<label>).
+        produced = out / (release.label if package == "." else _default_binary_name(package))
         if not produced.exists():
             raise BuildError(release.label, f"go build did not produce {produced.name}")
         built[name] = produced
@@ -456,6 +379,11 @@ def _go_env(settings: Settings) -> dict[str, str]:
     if settings.go:
         env["PATH"] = f"{Path(settings.go).parent}:{env.get('PATH', '')}"
     return env
+
+
+def _lower_priority() -> None:
+    """Compiles run at nice 10: the machine's cores are shared with other work."""
+    os.nice(10)
 
 
 def _stderr(message: str) -> None:

@@ -21,6 +21,17 @@ VALIDITY = datetime.timedelta(days=365)
 # First address of the service range (--service-cluster-ip-range); in-cluster clients dial it.
 SERVICE_IP = "10.0.0.1"
 SERVICE_CIDR = "10.0.0.0/24"
+# The real node's address, on an empty bridge of this machine (see netsetup.py). The API server listens
+# on it when a real node runs, because pods cannot reach the host's loopback.
+NODE_IP = "10.200.0.1"
+APISERVER_DNS = [
+    "localhost",
+    "kubernetes",
+    "kubernetes.default",
+    "kubernetes.default.svc",
+    "kubernetes.default.svc.cluster.local",
+]
+APISERVER_IPS = ["127.0.0.1", SERVICE_IP, NODE_IP]
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ def ensure_pki(folder: Path) -> ClusterPki:
         service_account_pub=folder / "sa.pub",
     )
     if pki.service_account_pub.exists():
+        _reissue_apiserver_if_outdated(pki)
         return pki
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "backtest-local-ca")])
@@ -80,15 +92,7 @@ def ensure_pki(folder: Path) -> ClusterPki:
         .sign(ca_key, hashes.SHA256())
     )
     _write(pki.ca, ca_cert, ca_key)
-    dns = [
-        "localhost",
-        "kubernetes",
-        "kubernetes.default",
-        "kubernetes.default.svc",
-        "kubernetes.default.svc.cluster.local",
-    ]
-    ips = ["127.0.0.1", SERVICE_IP]
-    _issue(pki.apiserver, ca_cert, ca_key, "kube-apiserver", (), server=(dns, ips))
+    _issue(pki.apiserver, ca_cert, ca_key, "kube-apiserver", (), server=(APISERVER_DNS, APISERVER_IPS))
     _issue(pki.admin, ca_cert, ca_key, "kubernetes-admin", ("system:masters",))
     _issue(pki.controller_manager, ca_cert, ca_key, "system:kube-controller-manager", ())
     _issue(pki.scheduler, ca_cert, ca_key, "system:kube-scheduler", ())
@@ -100,11 +104,41 @@ def ensure_pki(folder: Path) -> ClusterPki:
     return pki
 
 
-def issue_client_cert(pki: ClusterPki, folder: Path, user: str, groups: tuple[str, ...] = ()) -> KeyPair:
-    """A client certificate for an extra identity, e.g. a user without rights in an RBAC test."""
+def _reissue_apiserver_if_outdated(pki: ClusterPki) -> None:
+    """A state folder made before the real node existed lacks NODE_IP in the serving certificate."""
+    cert = x509.load_pem_x509_certificate(pki.apiserver.cert.read_bytes())
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = x509.SubjectAlternativeName([])
+    present = {str(ip) for ip in names.get_values_for_type(x509.IPAddress)}
+    if set(APISERVER_IPS) <= present:
+        return
+    ca_cert, ca_key = _load_ca(pki)
+    _issue(pki.apiserver, ca_cert, ca_key, "kube-apiserver", (), server=(APISERVER_DNS, APISERVER_IPS))
+
+
+def _load_ca(pki: ClusterPki) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_cert = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
     ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    return ca_cert, ca_key
+
+
+def issue_server_cert(pki: ClusterPki, folder: Path, name: str, dns: list[str], ips: list[str]) -> KeyPair:
+    """A serving certificate signed by the cluster CA (kubelet, metrics-server), reused when it exists."""
+    pair = _pair(folder, name)
+    if pair.cert.exists() and pair.key.exists():
+        return pair
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _load_ca(pki)
+    _issue(pair, ca_cert, ca_key, name, (), server=(dns, ips))
+    return pair
+
+
+def issue_client_cert(pki: ClusterPki, folder: Path, user: str, groups: tuple[str, ...] = ()) -> KeyPair:
+    """A client certificate for an extra identity, e.g. a user without rights in an RBAC test."""
+    ca_cert, ca_key = _load_ca(pki)
     folder.mkdir(parents=True, exist_ok=True)
     pair = _pair(folder, user.replace(":", "-"))
     _issue(pair, ca_cert, ca_key, user, groups)

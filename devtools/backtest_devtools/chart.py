@@ -43,7 +43,7 @@ def helm_binary(settings: Settings) -> Path:
     return build.binary(settings, "helm")
 
 
-def helm(settings: Settings, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+def helm(settings: Settings, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run the cached helm with a private home (no repositories, no plugins, nothing of the user's)."""
     home = settings.cache_dir / "helm-home"
     env = {
@@ -54,7 +54,7 @@ def helm(settings: Settings, *args: str, check: bool = False) -> subprocess.Comp
         "PATH": "/usr/bin:/bin",
     }
     return subprocess.run(
-        [str(helm_binary(settings)), *args], env=env, capture_output=True, text=True, check=check, timeout=120
+        [str(helm_binary(settings)), *args], env=env, capture_output=True, text=True, check=check, timeout=timeout
     )
 
 
@@ -91,3 +91,49 @@ def monitoring_crds(settings: Settings) -> list[dict[str, Any]]:
         path = folder / "example" / "prometheus-operator-crd" / f"monitoring.coreos.com_{plural}.yaml"
         crds.append(yaml.safe_load(path.read_text()))
     return crds
+
+
+def helm_install(
+    settings: Settings, kubeconfig: Path, release: str, namespace: str, extra: list[str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`helm upgrade --install` of the chart on a real cluster (also what an upgrade runs)."""
+    args = ["upgrade", "--install", release, str(CHART_DIR), "--namespace", namespace, "--create-namespace",
+            "--kubeconfig", str(kubeconfig), *(extra or [])]  # fmt: skip
+    return helm(settings, *args, timeout=600)
+
+
+def helm_uninstall(
+    settings: Settings, kubeconfig: Path, release: str, namespace: str
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        "uninstall",
+        release,
+        "--namespace",
+        namespace,
+        "--kubeconfig",
+        str(kubeconfig),
+        "--wait",
+        "--timeout",
+        "3m",
+    ]
+    return helm(settings, *args, timeout=600)
+
+
+def router_scrape_configs(settings: Settings, kubeconfig: Path, interval: str = "15s") -> list[dict[str, Any]]:
+    """What the chart's router PodMonitor tells prometheus-operator to scrape, for a Prometheus on the host."""
+    from backtest_devtools.podmonitor import scrape_configs  # noqa: PLC0415
+
+    rendered = render(
+        settings,
+        set_values=[
+            "monitoring.routerPodMonitor.enabled=true",
+            f"monitoring.routerPodMonitor.interval={interval}",
+            f"monitoring.routerPodMonitor.scrapeTimeout={interval}",
+        ],
+    )
+    monitors = [
+        doc for doc in rendered if doc.get("kind") == "PodMonitor" and doc["metadata"]["name"].endswith("-routers")
+    ]
+    if len(monitors) != 1:
+        raise ValueError(f"expected one router PodMonitor in the chart, found {len(monitors)}")
+    return scrape_configs(monitors[0], kubeconfig)

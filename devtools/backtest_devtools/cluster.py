@@ -1,8 +1,14 @@
 """A real Kubernetes control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler, and kwok managing fake nodes so that Deployment pods get scheduled and become Ready.
 
+With ``real_node=True`` the cluster also gets a real node (node.py: containerd, kubelet, kube-proxy,
+CoreDNS, metrics-server). Pods cannot reach the host's loopback, so then the API server listens on the
+node's address (certs.NODE_IP, on an empty bridge of this machine) and advertises it, authorizes kubelets
+(Node authorizer, NodeRestriction) and serves aggregated APIs (metrics.k8s.io); the fake kwok nodes get a
+NoSchedule taint, so ordinary pods run for real and only pods that tolerate it land on kwok.
+
 Used three ways, always through LocalCluster: `make cluster-up/cluster-down` (state in <repo>/.cluster,
-servers outlive the command), the pytest session fixture (state in a tmp dir, servers die with pytest),
+servers outlive the command), the pytest session fixtures (state in a tmp dir, servers die with pytest),
 and `make demo`. Every port is picked free at start, so parallel runs never collide.
 """
 
@@ -13,20 +19,28 @@ import socket
 import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from backtest_devtools import build, certs, kwok, processes
 from backtest_devtools.config import Settings
 from backtest_devtools.errors import ClusterError
+from backtest_devtools.health import http as _http
+from backtest_devtools.health import insecure_tls as _insecure_tls
+from backtest_devtools.health import wait_healthy
 from backtest_devtools.kubeconfig import write_kubeconfig
+from backtest_devtools.node import RealNode
+from backtest_devtools.nodeconfig import NODE_NAME
 
 Report = Callable[[str], None]
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+MODE_FILE = "mode.json"
+REAL_NODE_APISERVER_PORT = 6443
+# As hardened clusters (OpenShift) run it: setting blockOwnerDeletion on an owner reference needs `update`
+# on the owner's finalizers, which the operator's role must therefore grant.
+ADMISSION_PLUGINS = "OwnerReferencesPermissionEnforcement"
 
 
 @dataclass(frozen=True)
@@ -39,12 +53,13 @@ class Ports:
     kwok: int
 
     @classmethod
-    def pick_free(cls) -> Ports:
-        """Ask the kernel for free ports on 127.0.0.1 (all held open together, so they differ)."""
+    def pick_free(cls, apiserver_host: str = "127.0.0.1") -> Ports:
+        """Ask the kernel for free ports (all held open together, so they differ); the API server's on the
+        address it will listen on."""
         sockets = [socket.socket() for _ in range(6)]
         try:
-            for sock in sockets:
-                sock.bind(("127.0.0.1", 0))
+            for index, sock in enumerate(sockets):
+                sock.bind((apiserver_host if index == 2 else "127.0.0.1", 0))
             numbers = [sock.getsockname()[1] for sock in sockets]
         finally:
             for sock in sockets:
@@ -62,6 +77,8 @@ class ClusterInfo:
     log_dir: Path
     pki: certs.ClusterPki
     node_names: tuple[str, ...]
+    real_node: str | None = None
+    """Name of the real node when the cluster has one (pods run for real there)."""
 
 
 class LocalCluster:
@@ -74,7 +91,9 @@ class LocalCluster:
         nodes: int = 2,
         die_with_parent: bool = False,
         report: Report | None = None,
+        real_node: bool | None = False,
     ) -> None:
+        """real_node: True adds the real node; None takes the mode of a cluster already in state_dir."""
         self.settings = settings
         self.state_dir = state_dir.resolve()
         self.node_names = tuple(f"kwok-node-{index}" for index in range(nodes))
@@ -83,6 +102,14 @@ class LocalCluster:
         self.log_dir = self.state_dir / "logs"
         self.run_dir = self.state_dir / "run"
         self.kubeconfig = self.state_dir / "kubeconfig"
+        if real_node is None:
+            real_node = self._recorded_mode()
+        self.node = (
+            RealNode(settings, self.state_dir, self.run_dir, self.log_dir, die_with_parent, self.say)
+            if real_node
+            else None
+        )
+        self.host = certs.NODE_IP if real_node else "127.0.0.1"
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -92,7 +119,10 @@ class LocalCluster:
         Safe to call twice: when every component is already running and healthy, nothing restarts.
         """
         build.ensure_built(self.settings, self.say)
-        if self._ports_file.exists() and all(self.status().values()) and self._apiserver_ready():
+        if self.node is not None:
+            build.ensure_built(self.settings, self.say, build.NODE_RELEASES)
+        same_mode = self._recorded_mode() == (self.node is not None)
+        if same_mode and self._ports_file.exists() and all(self.status().values()) and self._apiserver_ready():
             self.say(f"[cluster] already running ({self.state_dir})")
             return self.info()
         self.down(quiet=True)
@@ -104,11 +134,19 @@ class LocalCluster:
 
     def _start_all(self) -> ClusterInfo:
         started = time.monotonic()
-        ports = Ports.pick_free()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / MODE_FILE).write_text(json.dumps({"real_node": self.node is not None}))
+        if self.node is not None:
+            self.node.prepare()  # host network and containerd start while the control plane comes up
+        ports = Ports.pick_free(self.host)
+        if self.node is not None:
+            # One real node per machine, so its address's API port is ours: fixed, because the `kubernetes`
+            # Service endpoint kept in etcd must stay right across restarts (the lease reconciler does not
+            # rewrite a changed port).
+            ports = replace(ports, apiserver=REAL_NODE_APISERVER_PORT)
         self._ports_file.write_text(json.dumps(asdict(ports)))
         pki = certs.ensure_pki(self.state_dir / "pki")
-        server = f"https://127.0.0.1:{ports.apiserver}"
+        server = f"https://{self.host}:{ports.apiserver}"
         kubeconfigs = self.state_dir / "kubeconfigs"
         write_kubeconfig(self.kubeconfig, server, pki.ca.cert, pki.admin, "kubernetes-admin")
         cm_config = write_kubeconfig(
@@ -139,12 +177,21 @@ class LocalCluster:
         self._start_controller("kube-scheduler", ports.scheduler, _kube_client_flags(scheduler_config, ports.scheduler))
         self._start_kwok(ports)
         self._create_nodes()
+        if self.node is not None:
+            self.node.start(server, pki, self.api)
         self.say(f"[cluster] ready in {time.monotonic() - started:.1f}s: {server} (logs: {self.log_dir})")
         return self.info()
 
-    def down(self, quiet: bool = False) -> None:
-        """Stop, in reverse order, only the processes recorded in this state folder's pid files."""
+    def down(self, quiet: bool = False) -> list[str]:
+        """Stop, in reverse order, only the processes recorded in this state folder's pid files.
+
+        Returns what the real node left behind (named; empty after a clean stop)."""
         stopped = []
+        leftovers: list[str] = []
+        if self.node is not None:
+            if any(self.node.status().values()):
+                stopped.append("real node")
+            leftovers = self.node.stop()
         for name in reversed(COMPONENTS):
             managed = self._managed(name)
             if managed.is_running():
@@ -152,24 +199,40 @@ class LocalCluster:
             processes.stop(managed)
         if not quiet:
             self.say(f"[cluster] stopped {', '.join(stopped) or 'nothing (was not running)'}")
+        if leftovers:
+            self.say(f"[cluster] left behind by the real node: {'; '.join(leftovers)}")
+        return leftovers
 
     def status(self) -> dict[str, bool]:
-        return {name: self._managed(name).is_running() for name in COMPONENTS}
+        running = {name: self._managed(name).is_running() for name in COMPONENTS}
+        if self.node is not None:
+            running.update(self.node.status())
+        return running
 
     def rss_bytes(self) -> dict[str, int]:
-        """Resident memory per component, for the numbers in the issue's closing note."""
-        return {name: self._managed(name).rss_bytes() for name in COMPONENTS}
+        """Resident memory per component (and the real node's pods), for the issue's closing note."""
+        memory = {name: self._managed(name).rss_bytes() for name in COMPONENTS}
+        if self.node is not None:
+            memory.update(self.node.rss_bytes())
+        return memory
 
     def info(self) -> ClusterInfo:
         ports = Ports(**json.loads(self._ports_file.read_text()))
         return ClusterInfo(
             kubeconfig=self.kubeconfig,
-            server=f"https://127.0.0.1:{ports.apiserver}",
+            server=f"https://{self.host}:{ports.apiserver}",
             state_dir=self.state_dir,
             log_dir=self.log_dir,
             pki=certs.ensure_pki(self.state_dir / "pki"),
             node_names=self.node_names,
+            real_node=NODE_NAME if self.node is not None else None,
         )
+
+    def _recorded_mode(self) -> bool:
+        try:
+            return bool(json.loads((self.state_dir / MODE_FILE).read_text())["real_node"])
+        except (OSError, ValueError, KeyError):
+            return False
 
     # -- components ------------------------------------------------------------------------------
 
@@ -191,40 +254,63 @@ class LocalCluster:
                 "--log-level=warn",
             ],
         )
-        self._wait_healthy(managed, f"{client}/health", None, 30.0)
+        wait_healthy(managed, f"{client}/health", None, 30.0)
 
     def _start_apiserver(self, ports: Ports, pki: certs.ClusterPki) -> None:
-        managed = self._start(
-            "kube-apiserver",
-            [
-                str(build.binary(self.settings, "kube-apiserver")),
-                f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={ports.apiserver}",
-                f"--tls-cert-file={pki.apiserver.cert}",
-                f"--tls-private-key-file={pki.apiserver.key}",
-                f"--client-ca-file={pki.ca.cert}",
+        flags = [
+            f"--etcd-servers=http://127.0.0.1:{ports.etcd_client}",
+            f"--bind-address={self.host}",
+            f"--advertise-address={self.host}",
+            f"--secure-port={ports.apiserver}",
+            f"--tls-cert-file={pki.apiserver.cert}",
+            f"--tls-private-key-file={pki.apiserver.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            f"--service-cluster-ip-range={certs.SERVICE_CIDR}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.service_account_pub}",
+            f"--service-account-signing-key-file={pki.service_account_key}",
+            "--allow-privileged=true",
+            "--profiling=false",
+            f"--cert-dir={self.state_dir / 'pki' / 'apiserver-generated'}",
+        ]
+        if self.node is None:
+            # Endpoints may not hold loopback addresses, and nothing in-cluster dials the apiserver.
+            flags += [
                 "--authorization-mode=RBAC",
-                # As hardened clusters (OpenShift) run it: setting blockOwnerDeletion on an owner reference
-                # needs `update` on the owner's finalizers, which the operator's role must therefore grant.
-                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
-                f"--service-cluster-ip-range={certs.SERVICE_CIDR}",
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-                f"--service-account-key-file={pki.service_account_pub}",
-                f"--service-account-signing-key-file={pki.service_account_key}",
-                # Endpoints may not hold loopback addresses, and nothing in-cluster dials the apiserver.
                 "--endpoint-reconciler-type=none",
-                "--allow-privileged=true",
-                "--profiling=false",
-                f"--cert-dir={self.state_dir / 'pki' / 'apiserver-generated'}",
-            ],
-        )
-        self._wait_healthy(managed, self._server_url("/readyz"), self._admin_tls(), 90.0)
+                f"--enable-admission-plugins={ADMISSION_PLUGINS}",
+            ]
+        else:
+            flags += self._real_node_flags(pki)
+        managed = self._start("kube-apiserver", [str(build.binary(self.settings, "kube-apiserver")), *flags])
+        wait_healthy(managed, self._server_url("/readyz"), self._admin_tls(), 90.0)
+
+    def _real_node_flags(self, pki: certs.ClusterPki) -> list[str]:
+        """Kubelets authorized by the Node authorizer; the API server reaches kubelets (logs, exec) and
+        aggregated APIs (metrics-server) with client certificates of its own."""
+        folder = self.state_dir / "pki"
+        kubelet_client = certs.issue_client_cert(pki, folder, "kube-apiserver-kubelet-client", ("system:masters",))
+        front_proxy = certs.issue_client_cert(pki, folder, "front-proxy-client")
+        return [
+            "--authorization-mode=Node,RBAC",
+            f"--enable-admission-plugins=NodeRestriction,{ADMISSION_PLUGINS}",
+            f"--kubelet-client-certificate={kubelet_client.cert}",
+            f"--kubelet-client-key={kubelet_client.key}",
+            f"--kubelet-certificate-authority={pki.ca.cert}",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--proxy-client-cert-file={front_proxy.cert}",
+            f"--proxy-client-key-file={front_proxy.key}",
+            f"--requestheader-client-ca-file={pki.ca.cert}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            "--enable-aggregator-routing=true",
+        ]
 
     def _start_controller(self, name: str, port: int, flags: list[str]) -> None:
         managed = self._start(name, [str(build.binary(self.settings, name)), *flags])
-        self._wait_healthy(managed, f"https://127.0.0.1:{port}/healthz", _insecure_tls(), 60.0)
+        wait_healthy(managed, f"https://127.0.0.1:{port}/healthz", _insecure_tls(), 60.0)
 
     def _start_kwok(self, ports: Ports) -> None:
         module = build.module_dir(self.settings, build.KWOK.module, build.KWOK.version)
@@ -244,16 +330,17 @@ class LocalCluster:
                 "--node-ip=10.240.0.1",
             ],
         )
-        self._wait_healthy(managed, f"http://127.0.0.1:{ports.kwok}/healthz", None, 30.0)
+        wait_healthy(managed, f"http://127.0.0.1:{ports.kwok}/healthz", None, 30.0)
 
     def _create_nodes(self) -> None:
         for name in self.node_names:
-            status, body = self._api("POST", "/api/v1/nodes", kwok.node_manifest(name))
+            manifest = kwok.node_manifest(name, tainted=self.node is not None)
+            status, body = self.api("POST", "/api/v1/nodes", manifest)
             if status not in (201, 409):
                 raise ClusterError("kube-apiserver", f"creating node {name} answered {status}: {body}")
 
         def all_ready() -> bool:
-            status, body = self._api("GET", "/api/v1/nodes")
+            status, body = self.api("GET", "/api/v1/nodes")
             if status != 200:
                 return False
             ready = {
@@ -287,21 +374,6 @@ class LocalCluster:
             die_with_parent=self.die_with_parent,
         )
 
-    def _wait_healthy(self, managed: processes.Managed, url: str, tls: ssl.SSLContext | None, timeout: float) -> None:
-        started = time.monotonic()
-        last = "no answer yet"
-        while time.monotonic() - started < timeout:
-            if not managed.is_running():
-                raise ClusterError(managed.name, "exited before becoming healthy", managed.log)
-            status, body = _http("GET", url, tls)
-            if status == 200:
-                return
-            last = f"{status} {body[:300]}"
-            time.sleep(0.25)
-        raise ClusterError(
-            managed.name, f"not healthy after {timeout:.0f}s at {url} (last answer: {last})", managed.log
-        )
-
     def _apiserver_ready(self) -> bool:
         try:
             return _http("GET", self._server_url("/readyz"), self._admin_tls())[0] == 200
@@ -310,7 +382,7 @@ class LocalCluster:
 
     def _server_url(self, path: str) -> str:
         ports = Ports(**json.loads(self._ports_file.read_text()))
-        return f"https://127.0.0.1:{ports.apiserver}{path}"
+        return f"https://{self.host}:{ports.apiserver}{path}"
 
     def _admin_tls(self) -> ssl.SSLContext:
         pki = certs.ensure_pki(self.state_dir / "pki")
@@ -318,8 +390,10 @@ class LocalCluster:
         context.load_cert_chain(str(pki.admin.cert), str(pki.admin.key))
         return context
 
-    def _api(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
-        return _http(method, self._server_url(path), self._admin_tls(), body)
+    def api(
+        self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str = "application/json"
+    ) -> tuple[int, str]:
+        return _http(method, self._server_url(path), self._admin_tls(), body, content_type)
 
 
 def _kube_client_flags(kubeconfig: Path, port: int) -> list[str]:
@@ -331,28 +405,6 @@ def _kube_client_flags(kubeconfig: Path, port: int) -> list[str]:
         f"--secure-port={port}",
         "--leader-elect=false",
     ]
-
-
-def _insecure_tls() -> ssl.SSLContext:
-    """Controller-manager and scheduler serve /healthz with a self-signed certificate of their own."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _http(method: str, url: str, tls: ssl.SSLContext | None, body: dict[str, Any] | None = None) -> tuple[int, str]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=5, context=tls) as response:
-            return response.status, response.read().decode(errors="replace")
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError) as error:
-        return 0, str(error)
 
 
 def _stderr(message: str) -> None:

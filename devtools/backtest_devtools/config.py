@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+GO_VERSION = "1.26.8"
+"""The Go toolchain `make go-toolchain` installs when the machine has none new enough (toolchain.py)."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         xdg = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "/root")) / ".cache")
         cache = Path(xdg) / "backtest-operator"
     path = env.get("PATH", "")
-    go = shutil.which("go", path=path) or _existing("/usr/local/go/bin/go")
+    # `make go-toolchain` unpacks a toolchain into the cache only when the machine has none new enough.
+    cached_go = _existing(str(cache.resolve() / f"go-{GO_VERSION}" / "bin" / "go"))
+    go = cached_go or shutil.which("go", path=path) or _existing("/usr/local/go/bin/go")
     prometheus = shutil.which("prometheus", path=path) or _existing("/usr/bin/prometheus")
     return Settings(cache_dir=cache.resolve(), go=go, prometheus=prometheus, go_env=env)
 

@@ -32,6 +32,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from backtest_devtools import demo_real, node
 from backtest_devtools.cluster import LocalCluster
 from backtest_devtools.config import REPO_ROOT, load_settings
 from backtest_devtools.crds import install_crds
@@ -112,8 +113,12 @@ class Watcher:
     started: float = field(default_factory=time.monotonic)
     last: tuple[Any, ...] = ()
     phases: list[dict[str, Any]] = field(default_factory=list)
+    on_poll: Callable[[], None] | None = None
+    """Called at every poll (the real-pods demo samples the cluster's memory)."""
 
     def poll(self) -> dict[str, Any]:
+        if self.on_poll is not None:
+            self.on_poll()
         body: Any = self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME)
         status: dict[str, Any] = body.get("status") or {}
         verdict = (status.get("lastAnalysis") or {}).get("verdict", "-")
@@ -151,7 +156,7 @@ class Watcher:
         raise DevtoolsError(f"{what} did not happen within {timeout:.0f}s")
 
 
-def _fresh_namespace(core: k8s.CoreV1Api) -> None:
+def fresh_namespace(core: k8s.CoreV1Api) -> None:
     try:
         core.delete_namespace(NAMESPACE)
         while True:  # a previous demo's namespace must be gone before it is created again
@@ -176,7 +181,7 @@ def run(workdir: Path, kubeconfig: Path | None, rate: float) -> dict[str, Any]:
         api = k8s_config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
         core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
         install_crds(api, [CRD_FILE])
-        _fresh_namespace(core)
+        fresh_namespace(core)
         stack = Stack(workdir)
         cleanup.callback(stack.close)
         router_port, stable_port, canary_port = free_port(), free_port(), free_port()
@@ -212,37 +217,46 @@ def run(workdir: Path, kubeconfig: Path | None, rate: float) -> dict[str, Any]:
             canary = stack.engine("canary", canary_port, canary_env(spec))
             fault = f" with {error_rate:.0%} injected errors" if error_rate else ""
             print(f"\n[demo] releasing {image}{fault}")
-            started = time.monotonic()
-            custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME, {"spec": spec})
-            taking = watcher.until(lambda s: s.get("canaryWeight", 0) > 0, 120, "the canary taking traffic")
-            revision = spec_revision(spec)
-            status = watcher.until(ended(revision), 300, f"the rollout of {image} ending")
-            entry = status["history"][0]
-            releases.append({
-                "image": image, "outcome": entry["outcome"], "phase": entry.get("phase"), "check": entry.get("check"),
-                "reason": entry["reason"], "seconds": round(time.monotonic() - started, 1),
-                "detection_latency_seconds": _seconds_between(taking["phaseStartedAt"], entry["finishedAt"])
-                if entry["outcome"] == "rolled_back" else None,
-            })  # fmt: skip
-            if entry["outcome"] == "promoted":
-                watcher.until(lambda s: s.get("phase") == "Healthy", 60, "the bake window ending")
+            releases.append(release(custom, watcher, spec, image))
         traffic.stop()
-        summary = {
-            "promotions": sum(r["outcome"] == "promoted" for r in releases),
-            "rollbacks": sum(r["outcome"] == "rolled_back" for r in releases),
-            "detection_latency_seconds": next(
-                (r["detection_latency_seconds"] for r in releases if r["detection_latency_seconds"] is not None), None
-            ),
-            "requests": traffic.sent,
-            "client_errors": traffic.client_errors,
-            "releases": releases,
-            "phases": [p for p in watcher.phases if p["seconds"] is not None],
-        }
-        return summary
+        return summarise(releases, traffic, watcher)
+
+
+def release(custom: k8s.CustomObjectsApi, watcher: Watcher, spec: dict[str, Any], image: str) -> dict[str, Any]:
+    """Apply a release and follow it until it is promoted (and baked) or rolled back."""
+    started = time.monotonic()
+    custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME, {"spec": spec})
+    taking = watcher.until(lambda s: s.get("canaryWeight", 0) > 0, 120, "the canary taking traffic")
+    status = watcher.until(ended(spec_revision(spec)), 300, f"the rollout of {image} ending")
+    entry = status["history"][0]
+    outcome = {
+        "image": image, "outcome": entry["outcome"], "phase": entry.get("phase"), "check": entry.get("check"),
+        "reason": entry["reason"], "seconds": round(time.monotonic() - started, 1),
+        # From the operator's own timestamps: the canary phase starting to the rollback (server side).
+        "detection_latency_seconds": _seconds_between(taking["phaseStartedAt"], entry["finishedAt"])
+        if entry["outcome"] == "rolled_back" else None,
+    }  # fmt: skip
+    if entry["outcome"] == "promoted":
+        watcher.until(lambda s: s.get("phase") == "Healthy", 60, "the bake window ending")
+    return outcome
+
+
+def summarise(releases: list[dict[str, Any]], traffic: Traffic, watcher: Watcher) -> dict[str, Any]:
+    return {
+        "promotions": sum(r["outcome"] == "promoted" for r in releases),
+        "rollbacks": sum(r["outcome"] == "rolled_back" for r in releases),
+        "detection_latency_seconds": next(
+            (r["detection_latency_seconds"] for r in releases if r["detection_latency_seconds"] is not None), None
+        ),
+        "requests": traffic.sent,
+        "client_errors": traffic.client_errors,
+        "releases": releases,
+        "phases": [p for p in watcher.phases if p["seconds"] is not None],
+    }
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print("\n[demo] summary")
+    print(f"\n[demo] summary ({summary.get('mode', 'kwok fake nodes + local processes')})")
     for release in summary["releases"]:
         print(f"  {release['image']:<24} {release['outcome']:<12} after {release['seconds']:.0f}s: {release['reason']}")
     for phase in summary["phases"]:
@@ -250,6 +264,29 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"  promotions {summary['promotions']}, rollbacks {summary['rollbacks']}, "
           f"detection latency {summary['detection_latency_seconds']}s")  # fmt: skip
     print(f"  requests served {summary['requests']}, errors seen by clients {summary['client_errors']}")
+    if summary.get("memory_peak_mib"):
+        print(f"  memory of the whole cluster at its peak: {summary['memory_peak_mib']['total']:.0f} MiB")
+
+
+def choose_mode(kwok_only: bool, use_kubeconfig: bool) -> tuple[str | None, Path | None]:
+    """(why not real pods or None, state folder of a running real-node cluster to use or None)."""
+    if use_kubeconfig:
+        return "--use-kubeconfig targets an existing cluster", None
+    if kwok_only:
+        return "asked for with --kwok", None
+    reason = node.can_start_here()
+    if reason is None and shutil.which("buildah") is None:
+        reason = "buildah is missing (`make deps-node` installs it)"
+    if reason is not None:
+        return reason, None
+    probe = node.RealNode(load_settings(), REPO_ROOT / ".demo" / "cluster", Path(), Path(), False, print)
+    holder = probe.holder()
+    if holder is None:
+        return None, None
+    running = LocalCluster(load_settings(), Path(holder), real_node=None)
+    if running.node is not None and all(running.status().values()):
+        return None, Path(holder)
+    return f"the real node is in use by the cluster in {holder}", None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,15 +295,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=40.0, help="backtest requests per second (default 40)")
     parser.add_argument("--use-kubeconfig", action="store_true",
                         help="target the cluster KUBECONFIG points at instead of a local control plane")  # fmt: skip
+    parser.add_argument(
+        "--kwok", action="store_true", help="kwok fake nodes and local processes, even if real pods could run"
+    )
     args = parser.parse_args(argv)
     kubeconfig = Path(os.environ["KUBECONFIG"]) if args.use_kubeconfig and os.environ.get("KUBECONFIG") else None
     workdir = REPO_ROOT / ".demo"
     shutil.rmtree(workdir, ignore_errors=True)
+    why_not_real, borrowed = choose_mode(args.kwok, args.use_kubeconfig)
     try:
-        summary = run(workdir, kubeconfig, args.rate)
+        if why_not_real is None:
+            summary = demo_real.run(workdir, args.rate, borrowed)
+        else:
+            print(f"[demo] not on real pods: {why_not_real}; running on kwok fake nodes with local engine processes")
+            summary = run(workdir, kubeconfig, args.rate)
     except DevtoolsError as error:
-        print(f"[demo] failed: {error} (logs in {workdir / 'logs'})", file=sys.stderr)
+        print(f"[demo] failed: {error} (logs in {workdir})", file=sys.stderr)
         return 1
+    summary["mode"] = "real pods" if why_not_real is None else "kwok fake nodes + local processes"
+    summary["why_not_real_pods"] = why_not_real
     print_summary(summary)
     args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[demo] wrote {args.summary}; everything it started has stopped")

@@ -30,6 +30,17 @@ class ClusterError(DevtoolsError):
         super().__init__(f"{component}: {message}{where}{tail}")
 
 
+class NodeBusy(DevtoolsError):
+    """Another cluster on this machine runs the real node (there can be only one)."""
+
+    def __init__(self, holder: str) -> None:
+        self.holder = holder
+        super().__init__(
+            f"the real node of this machine is in use by the cluster in {holder}; stop it first "
+            f"(`make cluster-down` in that worktree, or end the test session that started it)"
+        )
+
+
 def _tail(log: Path, lines: int = 15) -> str:
     """The last lines of a log, so that a failing test shows the cause without opening a file."""
     try:

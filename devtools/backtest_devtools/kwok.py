@@ -32,9 +32,13 @@ def stage_config(kwok_module_dir: Path) -> str:
     return "\n---\n".join(documents) + "\n"
 
 
-def node_manifest(name: str) -> dict[str, Any]:
-    """A Node object kwok will manage; no taint, so ordinary Deployments schedule onto it."""
-    return {
+TAINT = {"key": NODE_ANNOTATION, "value": NODE_ANNOTATION_VALUE, "effect": "NoSchedule"}
+
+
+def node_manifest(name: str, tainted: bool = False) -> dict[str, Any]:
+    """A Node object kwok will manage. Untainted, ordinary Deployments schedule onto it; beside a real node it
+    is tainted, so pods run for real unless they tolerate TAINT (scale tests that want fake pods)."""
+    manifest: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -53,3 +57,6 @@ def node_manifest(name: str) -> dict[str, Any]:
             "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
         },
     }
+    if tainted:
+        manifest["spec"] = {"taints": [dict(TAINT)]}
+    return manifest

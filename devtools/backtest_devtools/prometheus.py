@@ -36,17 +36,23 @@ class ScrapeJob:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def scrape_config(jobs: list[ScrapeJob], interval: str = "1s") -> dict[str, Any]:
-    """The prometheus.yml for `jobs`; the evaluation interval follows the scrape interval."""
+def scrape_config(
+    jobs: list[ScrapeJob], interval: str = "1s", extra: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The prometheus.yml for `jobs` (plus `extra` raw scrape configs, e.g. a PodMonitor's service
+    discovery); the evaluation interval follows the scrape interval."""
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
         "scrape_configs": [
-            {
-                "job_name": job.name,
-                "metrics_path": job.metrics_path,
-                "static_configs": [{"targets": list(job.targets), "labels": dict(job.labels)}],
-            }
-            for job in jobs
+            *(extra or []),
+            *(
+                {
+                    "job_name": job.name,
+                    "metrics_path": job.metrics_path,
+                    "static_configs": [{"targets": list(job.targets), "labels": dict(job.labels)}],
+                }
+                for job in jobs
+            ),
         ],
     }
 
@@ -61,14 +67,22 @@ class PrometheusServer:
         jobs: list[ScrapeJob],
         interval: str = "1s",
         die_with_parent: bool = True,
+        extra_scrape_configs: list[dict[str, Any]] | None = None,
+        host: str = "127.0.0.1",
+        binary: Path | None = None,
     ) -> None:
+        """host: the listen address; pods reach the host only on the real node's address, not loopback.
+        binary: another Prometheus than Debian's (the real tier's, built with Kubernetes discovery)."""
         self.settings = settings
         self.workdir = workdir.resolve()
         self.jobs = list(jobs)
+        self.extra_scrape_configs = list(extra_scrape_configs or [])
         self.interval = interval
         self.die_with_parent = die_with_parent
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.binary = str(binary) if binary else settings.prometheus
+        self.port = _free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self._managed: processes.Managed | None = None
 
     @property
@@ -80,17 +94,17 @@ class PrometheusServer:
         return self.workdir / "prometheus.log"
 
     def start(self, timeout: float = 30.0) -> PrometheusServer:
-        if self.settings.prometheus is None:
+        if self.binary is None:
             raise ClusterError("prometheus", f"the prometheus binary is not on PATH; {INSTALL_HINT}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self._managed = processes.start(
             "prometheus",
             [
-                self.settings.prometheus,
+                self.binary,
                 f"--config.file={self.config_file}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
                 "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=2h",
                 "--log.level=warn",
@@ -111,6 +125,9 @@ class PrometheusServer:
     def stop(self) -> None:
         if self._managed is not None:
             processes.stop(self._managed)
+
+    def rss_bytes(self) -> int:
+        return self._managed.rss_bytes() if self._managed is not None else 0
 
     def set_jobs(self, jobs: list[ScrapeJob]) -> None:
         """Replace the scrape jobs of a running server (config rewrite + /-/reload, no restart)."""
@@ -161,7 +178,7 @@ class PrometheusServer:
             )
 
     def _write_config(self) -> None:
-        config = scrape_config(self.jobs, self.interval)
+        config = scrape_config(self.jobs, self.interval, self.extra_scrape_configs)
         self.config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _get(self, path: str) -> tuple[int, str]:
@@ -178,9 +195,9 @@ class PrometheusServer:
             return 0, str(error)
 
 
-def _free_port() -> int:
+def _free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 

@@ -21,6 +21,7 @@ from backtest_operator.workloads import (
     LABEL_SERVICE,
     RESTRICTED_CONTAINER,
     RESTRICTED_POD,
+    STARTUP_PROBE,
     Manifest,
     Owner,
     WorkloadDefaults,
@@ -142,6 +143,7 @@ def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: Worklo
                                 "limits": {"cpu": "1", "memory": "512Mi"},
                             },
                             "securityContext": RESTRICTED_CONTAINER,
+                            "startupProbe": STARTUP_PROBE | {"httpGet": {"path": "/router/health", "port": "http"}},
                             "livenessProbe": {"httpGet": {"path": "/router/health", "port": "http"}},
                             "readinessProbe": {"httpGet": {"path": "/router/health", "port": "http"}},
                         }

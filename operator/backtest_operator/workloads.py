@@ -93,6 +93,8 @@ RESTRICTED_CONTAINER = {
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001}
+STARTUP_PROBE = {"periodSeconds": 2, "failureThreshold": 90}
+"""Up to 3 minutes to start answering (imports take seconds, many on a busy node) before liveness applies."""
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}}
 
 
@@ -140,6 +142,8 @@ def engine_deployment(owner: Owner, pod: PodSettings, revision: str, track: str,
                 "env": engine_env(pod, revision, owner.name),
                 "resources": pod.resources or DEFAULT_RESOURCES,
                 "securityContext": RESTRICTED_CONTAINER,
+                # Liveness starts once the process answers: a slow start (a loaded node) is not a crash loop.
+                "startupProbe": STARTUP_PROBE | {"httpGet": {"path": "/api/v1/health", "port": probe_port}},
                 "livenessProbe": {"httpGet": {"path": "/api/v1/health", "port": probe_port}, "periodSeconds": 10},
                 "readinessProbe": {"httpGet": {"path": "/api/v1/ready", "port": probe_port}, "periodSeconds": 5},
                 "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
