@@ -1,8 +1,8 @@
 """Shared fixtures: the real control plane, namespaces, the CRD and Prometheus (see backtest_devtools).
 
 Tests run tier by tier: unit first (seconds, no cluster), then integration (real API server, Prometheus,
-PostgreSQL), then end-to-end rollouts, then the tier on real pods, so the fastest feedback comes first and one pytest run still gives
-one summary and one list of the slowest tests.
+PostgreSQL), then end-to-end rollouts, then the tier on real pods, so the fastest feedback comes first and
+one pytest run still gives one summary and one list of the slowest tests.
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ def _free_port() -> int:
 class PostgresServer:
     """One PostgreSQL cluster in its own folder; `url` is a SQLAlchemy URL for the `postgres` database."""
 
-    def __init__(self, bin_dir: Path | None = None) -> None:
+    def __init__(self, bin_dir: Path | None = None, host: str = "127.0.0.1", clients: tuple[str, ...] = ()) -> None:
+        """`host` is the address it listens on (the real node's address lets pods reach it); `clients` are
+        extra CIDRs allowed in without a password (pg_hba), e.g. the real node's pod network."""
         found = bin_dir or find_bin_dir()
         if found is None:
             raise ClusterError("postgres", f"initdb/pg_ctl not found under /usr/lib/postgresql; {INSTALL_HINT}")
@@ -52,7 +54,8 @@ class PostgresServer:
         self.data_dir = self.workdir / "data"
         self.log = self.workdir / "postgres.log"
         self.user = "postgres"
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.host, self.clients = host, clients
+        self.url = f"postgresql://postgres@{host}:{self.port}/postgres"
         self._as_root = os.geteuid() == 0
 
     def _run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -71,7 +74,10 @@ class PostgresServer:
         init = self._run("initdb", "-D", str(self.data_dir), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
         if init.returncode != 0:
             raise ClusterError("postgres", f"initdb failed: {init.stderr.strip()[-500:]}")
-        options = f"-p {self.port} -k {self.workdir} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+        with (self.data_dir / "pg_hba.conf").open("a") as hba:
+            hba.writelines(f"host all all {cidr} trust\n" for cidr in self.clients)
+        listen = f"-c listen_addresses={self.host}"
+        options = f"-p {self.port} -k {self.workdir} {listen} -c fsync=off -c full_page_writes=off"
         started = self._run(
             "pg_ctl",
             "-D",
@@ -91,17 +97,17 @@ class PostgresServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                if sock.connect_ex((self.host, self.port)) == 0:
                     return self
             time.sleep(0.1)
         raise ClusterError("postgres", f"not accepting connections on port {self.port} after {timeout:.0f}s")
 
     def create_database(self, name: str) -> str:
         """A fresh database on this server; returns its URL."""
-        result = self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        result = self._run("createdb", "-h", self.host, "-p", str(self.port), "-U", "postgres", name)
         if result.returncode != 0:
             raise ClusterError("postgres", f"createdb {name} failed: {result.stderr.strip()}")
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+        return f"postgresql://postgres@{self.host}:{self.port}/{name}"
 
     def stop(self, keep: bool = False) -> None:
         if self.data_dir.exists():

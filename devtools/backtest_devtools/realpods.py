@@ -35,20 +35,25 @@ def api_keys_secret(core: k8s.CoreV1Api, namespace: str) -> dict[str, str]:
 
 
 def real_spec(prometheus_url: str, image: str, error_rate: float = 0.0, **overrides: Any) -> dict[str, Any]:
-    """Seconds instead of minutes, through the spec; the engine requires the API key from the Secret."""
+    """Seconds instead of minutes, through the spec; the engine requires the API key from the Secret.
+
+    Results stay in each pod (`storage: local`): this node has no volume provisioner for the managed
+    PostgreSQL's claim; a test that needs shared results passes `databaseUrlSecret` to a host PostgreSQL.
+    One key sends all the traffic, so its rate limit is lifted; injected faults are seeded."""
     spec: dict[str, Any] = {
         "image": image,
         "replicas": 2,
+        "env": [{"name": "ENGINE_RATE_LIMIT", "value": "10000000"}, {"name": "ENGINE_FAULT_SEED", "value": "1"}],
         "engine": {
             "faultInjection": {"errorRate": error_rate},
             "apiKeysSecret": {"name": KEYS_SECRET, "key": KEYS_KEY},
+            "storage": "local",
         },
         "analysis": {
             "prometheus": {"url": prometheus_url, "timeout": "2s"},
             "interval": "4s",
             "minRequests": 20,
             "latencyObjective": "2s",
-            "comparison": {"minLatencySamples": 3},
         },
         "phases": [
             {"name": "canary", "weight": 10, "duration": "12s", "minSuccessRate": 0.95, "maxErrorRate": 0.02},

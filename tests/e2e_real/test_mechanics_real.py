@@ -3,24 +3,19 @@ resizing a BacktestService through its /scale subresource, and evictions of heal
 kubelet really stops mid-rollout.
 
 These run with the real node (issue 16: kubelet, containerd, kube-proxy, CoreDNS, metrics-server; fixtures
-in backtest_devtools.realfixtures). Until that lands on the branch, this module is skipped at import and
-says why; the kwok variants in tests/e2e/test_mechanics.py run meanwhile.
+in backtest_devtools.realfixtures); the kwok variants in tests/e2e/test_mechanics.py run in the e2e tier.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from kubernetes import client as k8s
 
-realpods = pytest.importorskip(
-    "backtest_devtools.realpods", reason="needs the real node (issue 16): backtest_devtools.realpods is not here"
-)
+from backtest_devtools.realpods import GROUP, PLURAL, VERSION, ready_pods, wait_until
 
-from typing import Any  # noqa: E402
-
-from backtest_devtools.realpods import GROUP, PLURAL, VERSION, ready_pods, wait_until  # noqa: E402
-from kubernetes import client as k8s  # noqa: E402
-
-from .test_rollouts_real import NAME, Rollout  # noqa: E402
+from .test_rollouts_real import NAME, Rollout
 
 pytestmark = pytest.mark.real
 

@@ -17,6 +17,8 @@ from kubernetes import client as k8s
 
 from backtest_devtools.certs import NODE_IP
 from backtest_devtools.errors import DevtoolsError
+from backtest_devtools.netsetup import POD_CIDR
+from backtest_devtools.postgres import PostgresServer
 from backtest_devtools.realpods import (
     GROUP,
     PLURAL,
@@ -32,7 +34,6 @@ from backtest_devtools.realpods import (
 from backtest_devtools.stack import API_KEY, Traffic, backtest_request
 from backtest_operator.api import BacktestServiceSpec
 from backtest_operator.kube import READINESS_GRACE
-from backtest_operator.workloads import engine_env
 
 pytestmark = pytest.mark.real
 
@@ -56,13 +57,15 @@ class Rollout:
 
     def start(self, image: str) -> str:
         """The first revision, Healthy and answering through its entry Service; returns that URL."""
-        self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, backtest_service(NAME, self.spec(image))
-        )
-        self.wait(lambda s: s.get("phase") == "Healthy", 180, "the first revision Healthy")
+        self.start_spec(self.spec(image))
         url = entry_url(self.core, self.namespace, NAME)
         wait_answering(url)
         return url
+
+    def start_spec(self, spec: dict[str, Any]) -> None:
+        body = backtest_service(NAME, spec)
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+        self.wait(lambda s: s.get("phase") == "Healthy", 180, "the first revision Healthy")
 
     def release(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Apply a new spec and wait until its rollout ends; returns that rollout's history entry."""
@@ -186,7 +189,7 @@ def never_ready(real_k8s_api, operator_release, router_prometheus, node_image) -
         url = rollout.start(node_image("backtest-engine:real-1"))
         traffic = rollout.send_traffic(url)
         spec = rollout.spec(node_image("backtest-engine:real-2"))
-        spec["engine"]["databaseUrlSecret"] = {"name": "unreachable-db", "key": "url"}
+        spec["engine"] |= {"storage": "shared", "databaseUrlSecret": {"name": "unreachable-db", "key": "url"}}
         revision = BacktestServiceSpec.model_validate(spec).revision()
         selector = f"backtest.dev/service={NAME},backtest.dev/revision={revision}"
         served: dict[str, float] = {}
@@ -227,39 +230,45 @@ def test_canary_whose_readiness_probe_fails_never_gets_traffic(never_ready):
     assert never_ready.client_errors == 0, never_ready.seen
 
 
-@pytest.mark.xfail(
-    reason="the operator waits for canary readiness without a deadline (rollout-mechanics issue: pod health)",
-    strict=True,
-)
 def test_canary_that_never_becomes_ready_is_rolled_back_after_the_readiness_grace(never_ready):
     assert never_ready.entry.get("outcome") == "rolled_back", (
         f"{never_ready.status.get('phase')}: {never_ready.status.get('message')}"
     )
 
 
-def per_pod_storage_by_default() -> bool:
-    """True while the operator gives each engine pod its own SQLite file (the engine-service issue's
-    shared store changes that default)."""
-    spec = BacktestServiceSpec.model_validate({"image": "backtest-engine:x"})
-    database = next(item for item in engine_env(spec.pod(), "x") if item["name"] == "DATABASE_URL")
-    return "value" in database and str(database["value"]).startswith("sqlite")
+@pytest.fixture(scope="module")
+def node_postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL on the node's address that pods may reach (the pod network is trusted): the
+    shared results store an engine.databaseUrlSecret names. (The managed PostgreSQL needs a volume
+    provisioner this node does not have.)"""
+    server = PostgresServer(host=NODE_IP, clients=(POD_CIDR,)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
-@pytest.mark.xfail(
-    per_pod_storage_by_default(),
-    reason="each engine pod keeps its results in its own SQLite on an emptyDir (the engine-service issue)",
-    strict=True,
-)
-def test_results_written_before_a_rollout_are_readable_from_the_new_revision(rollout, node_image):
+def test_results_written_before_a_rollout_are_readable_from_the_new_revision(rollout, node_image, node_postgres):
+    database = node_postgres.create_database(f"results_{uuid.uuid4().hex[:8]}")
+    rollout.core.create_namespaced_secret(rollout.namespace, k8s.V1Secret(
+        metadata=k8s.V1ObjectMeta(name="results-db"), string_data={"url": database}))  # fmt: skip
+    shared = {"storage": "shared", "databaseUrlSecret": {"name": "results-db", "key": "url"}}
 
-    url = rollout.start(node_image("backtest-engine:real-1"))
+    def spec(image: str) -> dict[str, Any]:
+        built = rollout.spec(image)
+        built["engine"] = {**built["engine"], **shared}
+        return built
+
+    rollout.start_spec(spec(node_image("backtest-engine:real-1")))
+    url = entry_url(rollout.core, rollout.namespace, NAME)
+    wait_answering(url)
     body = {"strategy": "sma_crossover", "params": {"fast": 5, "slow": 40},
             "synthetic": {"symbol": "KEEP", "bars": 500, "seed": 7}}  # fmt: skip
     created = httpx.post(f"{url}/api/v1/backtests", json=body, headers={"X-API-Key": API_KEY}, timeout=30)
     assert created.status_code in (200, 201), created.text
     backtest_id = created.json()["id"]
 
-    entry = rollout.release(rollout.spec(node_image("backtest-engine:real-2")))
+    entry = rollout.release(spec(node_image("backtest-engine:real-2")))
     assert entry["outcome"] == "promoted", entry
     rollout.wait(lambda s: s.get("phase") == "Healthy", 120, "the bake window ending")
 
