@@ -11,6 +11,7 @@ traffic off the machine.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -157,6 +158,12 @@ def import_archive(archive: Path, references: list[str]) -> None:
     for reference in references:
         if reference != source:
             ctr("images", "tag", "--force", source, reference)
+    # Earlier builds of the same image (about 1 GB each) go, or a session of edits fills the disk; containerd's
+    # garbage collector frees their content once no reference names it.
+    repository = source.rsplit(":", 1)[0]
+    older = [name for name in image_names() if name.rsplit(":", 1)[0] == repository and name != source]
+    if older:
+        ctr("images", "remove", *older, check=False)
 
 
 def _first_reference(output: str, archive: Path) -> str:
@@ -165,6 +172,17 @@ def _first_reference(output: str, archive: Path) -> str:
             if ":" in part and "/" in part and not part.startswith("sha256:"):
                 return part
     raise ClusterError("containerd", f"importing {archive} named no image: {output.strip()[-300:]}")
+
+
+def remove_untagged_images(settings: Settings) -> None:
+    """Images no reference names any more (earlier builds) are removed through the CRI, which drops its
+    own id references with them; images a container still uses are refused by containerd and stay."""
+    listed = crictl(settings, "images", "--output", "json")
+    if listed.returncode != 0:
+        return
+    for image in json.loads(listed.stdout or "{}").get("images", []):
+        if not image.get("repoTags"):
+            crictl(settings, "rmi", image["id"])
 
 
 def tag(source: str, reference: str) -> None:

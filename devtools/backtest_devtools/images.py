@@ -155,6 +155,17 @@ def buildah(settings: Settings, *args: str, timeout: float = BUILD_SECONDS, log:
     return result.stdout
 
 
+def remove_older_builds(settings: Settings, repository: str, keep: str) -> None:
+    """Drop earlier builds of one image from buildah's storage (about 1 GB each, so a session of edits
+    would fill the disk); the archive in the cache is what the node imports. Untagged layers left behind
+    go too, so the next build starts from the base image and the wheelhouse again."""
+    listed = buildah(settings, "images", "--format", "{{.Name}}:{{.Tag}}", timeout=60).split()
+    older = [reference for reference in listed if reference.startswith(f"{repository}:") and reference != keep]
+    if older:
+        buildah(settings, "rmi", *older, timeout=300)
+    buildah(settings, "rmi", "--prune", timeout=300)
+
+
 def image_id(settings: Settings, reference: str) -> str | None:
     try:
         out = buildah(settings, "images", "--quiet", "--no-trunc", reference, timeout=60)
@@ -269,6 +280,7 @@ def build_project_images(settings: Settings, say: Report) -> list[Built]:
         for old in images_dir(settings).glob(f"{image.name}-*.tar"):
             if old != archive:
                 old.unlink()
+        remove_older_builds(settings, f"localhost/backtest/{image.name}", tag)
         seconds = time.monotonic() - started
         say(f"[images] {image.name} built in {seconds:.0f}s")
         results.append(Built(image, archive, digest, seconds))
@@ -333,6 +345,8 @@ def import_into_node(settings: Settings, say: Report) -> list[str]:
             record[reference] = f"{archive.name}@{containerd.image_digest(reference)}"
         imported += references
     record_file.write_text(json.dumps(record, indent=1, sort_keys=True))
+    if imported:
+        containerd.remove_untagged_images(settings)
     return imported
 
 

@@ -414,6 +414,8 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     phase = spec.phases[index]
     if status.phase_started_at is None and status.canary_weight == 0:
         return _waiting_for_canary(ctx, status, index)
+    if _lost_capacity(ctx, status):
+        return _capacity_lost(ctx, status, index)
     # Pod health comes from Kubernetes: it is judged even when Prometheus fails (and before any request).
     triggers = trigger_checks(spec, phase, obs) if obs.error is None else pod_checks(spec, obs.canary_unhealthy_pods)
     tripped = first_failure(triggers)
@@ -453,10 +455,45 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
     return replace(_judge(ctx, status, index, phase, checks), checks=(*triggers, *checks))
 
 
+def _lost_capacity(ctx: _Context, status: BacktestServiceStatus) -> bool:
+    """Every ready canary pod went away (evicted, drained, preempted) while none is unhealthy: a router or a
+    gateway would send the canary's share to a Service without endpoints. Fewer pods than the share asks
+    for still serve it (the next weight waits for capacity); behind one Service (``replicas``) the share
+    simply follows the ready pods."""
+    spec, plane = ctx.spec, ctx.plane
+    if not plane.measured or spec.traffic.provider == "replicas" or status.canary_weight == 0:
+        return False
+    unhealthy = first_failure(pod_checks(spec, ctx.obs.canary_unhealthy_pods)) is not None
+    return plane.canary_ready == 0 and not unhealthy
+
+
+def _capacity_lost(ctx: _Context, status: BacktestServiceStatus, index: int) -> Decision:
+    """The canary's share goes back to stable at once, and the phase starts again (fresh clock and analysis
+    window) when the pods are back: requests that failed for want of pods say nothing about the release,
+    and judging them would roll back a healthy canary on every node drain."""
+    phase = ctx.spec.phases[index]
+    needed = canary_replicas(status.canary_weight, ctx.spec.replicas, ctx.spec.traffic.provider)
+    reason = (
+        f"canary capacity lost in phase {phase.name} ("
+        + capacity_message(ctx.plane, needed, status.canary_weight, ctx.spec.replicas)
+        + f"): canary weight {status.canary_weight}% -> 0% until its pods are ready again, then phase "
+        + f"{phase.name} starts over"
+    )
+    status = status.evolve(canary_weight=0, phase_started_at=None, waiting_since=ctx.now)
+    return Decision(Action.SHIFT, status, reason, (Event("Warning", "CapacityLost", reason),))
+
+
 def _waiting_for_canary(ctx: _Context, status: BacktestServiceStatus, index: int) -> Decision:
-    """No traffic reaches the canary yet: wait for its pods (capacity for the first weight)."""
+    """No traffic reaches the canary yet: wait for its pods (capacity for the first weight), unless they
+    are unhealthy (crash loops, readiness failing past the grace), which rolls back without waiting for
+    the progress deadline."""
     if "abort" in ctx.pending:
         return _rollback(ctx, status, "aborted by request before the canary took traffic", "abort", Outcome.ABORTED)
+    pods = pod_checks(ctx.spec, ctx.obs.canary_unhealthy_pods)
+    unhealthy = first_failure(pods)
+    if unhealthy is not None:
+        reason = f"rolled back before phase {status.step_name} took traffic: {unhealthy.message}"
+        return _rollback(ctx, status, reason, unhealthy.name, checks=pods)
     if ctx.spec.paused:
         return _paused_before_traffic(ctx, status)
     if status.phase == RolloutPhase.PAUSED:

@@ -251,4 +251,8 @@ def next_pass(spec: BacktestServiceSpec, status: BacktestServiceStatus) -> timed
         return spec.analysis.interval
     if status.phase in (RolloutPhase.INITIALIZING, RolloutPhase.PROGRESSING, RolloutPhase.PAUSED):
         return POLL_WHILE_WAITING
+    if status.replicas != spec.replicas:
+        # Resized (kubectl scale, an HPA through /scale): status.replicas, which the HPA reads back, follows
+        # the pods as they come and go instead of waiting for the next resync.
+        return POLL_WHILE_WAITING
     return RESYNC

@@ -55,8 +55,7 @@ def test_hpa_fed_by_metrics_server_scales_the_service_when_its_pods_are_busy(rol
     selector = f"backtest.dev/service={NAME},backtest.dev/revision={stable}"
     wait_until(lambda: len(ready_pods(rollout.core, rollout.namespace, selector)) >= size, 180,
                f"{size} ready stable pods")  # fmt: skip
-    status = rollout.status()
-    assert status["replicas"] >= size
+    status = rollout.wait(lambda s: s.get("replicas", 0) >= size, 30, f"status.replicas reporting {size} pods")
     assert status["selector"] == f"backtest.dev/service={NAME},app.kubernetes.io/component=engine"
 
 

@@ -33,12 +33,13 @@ from backtest_devtools.realpods import (
 )
 from backtest_devtools.stack import API_KEY, Traffic, backtest_request
 from backtest_operator.api import BacktestServiceSpec
-from backtest_operator.kube import READINESS_GRACE
 
 pytestmark = pytest.mark.real
 
 NAME = "quant"
 ROLLOUT_SECONDS = 300
+READINESS_GRACE_SECONDS = 20
+"""rollback.readinessGrace of the never-ready canary: its pods are unhealthy this long after starting."""
 BACKTEST_REQUESTS = 'backtest_engine_http_requests_total{route="/api/v1/backtests"'
 
 
@@ -190,6 +191,7 @@ def never_ready(real_k8s_api, operator_release, router_prometheus, node_image) -
         traffic = rollout.send_traffic(url)
         spec = rollout.spec(node_image("backtest-engine:real-2"))
         spec["engine"] |= {"storage": "shared", "databaseUrlSecret": {"name": "unreachable-db", "key": "url"}}
+        spec["rollback"] |= {"readinessGrace": f"{READINESS_GRACE_SECONDS}s"}
         revision = BacktestServiceSpec.model_validate(spec).revision()
         selector = f"backtest.dev/service={NAME},backtest.dev/revision={revision}"
         served: dict[str, float] = {}
@@ -205,7 +207,7 @@ def never_ready(real_k8s_api, operator_release, router_prometheus, node_image) -
 
         rollout.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, NAME, {"spec": spec})
         wait_until(canary_pods_running, 120, "the canary pods running (not ready)")
-        window = READINESS_GRACE.total_seconds() + 3 * 4 + 30
+        window = READINESS_GRACE_SECONDS + 3 * 4 + 30
 
         def ended_while_sampling() -> bool:
             canary_pods_running()
@@ -241,7 +243,7 @@ def node_postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL on the node's address that pods may reach (the pod network is trusted): the
     shared results store an engine.databaseUrlSecret names. (The managed PostgreSQL needs a volume
     provisioner this node does not have.)"""
-    server = PostgresServer(host=NODE_IP, clients=(POD_CIDR,)).start()
+    server = PostgresServer(host=NODE_IP, clients=(POD_CIDR, f"{NODE_IP}/32")).start()
     try:
         yield server
     finally:

@@ -14,6 +14,7 @@ from backtest_operator.api import BacktestServiceStatus, RolloutPhase
 from backtest_operator.capacity import DataPlane, canary_replicas, share_replicas, target_weight
 from backtest_operator.controls import Controls
 from backtest_operator.policy import Action, Decision, decide
+from backtest_operator.reconcile import POLL_WHILE_WAITING, RESYNC, next_pass
 from backtest_operator.workloads import replica_plan
 
 from .rollouts import T0, make_spec, observe, track
@@ -210,3 +211,59 @@ def test_replica_counts_follow_the_weight_when_computed():
     assert canary_replicas(0, 10, "router") == 0
     spec = make_spec(phases=PHASES)
     assert target_weight(spec, BacktestServiceStatus()) == 0
+
+
+def test_canary_share_goes_back_to_stable_and_the_phase_starts_over_when_every_canary_pod_is_evicted():
+    cluster = rolling_cluster()
+    cluster.step(plane(1, weight=0))
+    cluster.step(plane(1, weight=10))
+    cluster.now += timedelta(seconds=30)
+    # The drain's requests failed at the router (a Service without endpoints): they say nothing of the release.
+    lost = cluster.step(plane(0, weight=10), canary=track(100, errors=100))
+    assert lost.action == Action.SHIFT
+    assert (lost.status.canary_weight, lost.status.phase_started_at) == (0, None)
+    assert "capacity lost in phase canary" in lost.reason
+    assert [e.reason for e in lost.events] == ["CapacityLost"]
+    assert cluster.plan()["canary"] == 1  # the pods come back
+    assert cluster.step(plane(0, weight=0)).action == Action.HOLD
+    assert cluster.step(plane(1, weight=0)).status.canary_weight == 10
+    restarted = cluster.step(plane(1, weight=10))
+    assert restarted.action == Action.CONFIRM
+    assert restarted.status.step_name == "canary" and restarted.status.phase_started_at == cluster.now
+
+
+def test_canary_keeps_its_share_when_some_of_its_pods_are_evicted():
+    cluster = rolling_cluster()
+    cluster.step(plane(1, weight=0))
+    cluster.step(plane(1, weight=10))
+    cluster.now += timedelta(minutes=1)
+    cluster.step(plane(1, weight=10))
+    cluster.step(plane(5, weight=10))
+    started = cluster.step(plane(5, weight=50))
+    assert started.status.phase_started_at is not None
+    cluster.now += timedelta(seconds=10)
+    kept = cluster.step(plane(3, weight=50))
+    assert (kept.action, kept.status.canary_weight) == (Action.HOLD, 50)
+
+
+def test_replicas_provider_share_follows_the_ready_pods_when_every_canary_pod_is_evicted():
+    cluster = rolling_cluster(traffic={"provider": "replicas"})
+    cluster.step(plane(1, weight=0))
+    cluster.step(plane(1, weight=10))
+    cluster.now += timedelta(seconds=30)
+    assert cluster.step(plane(0, weight=0)).action != Action.SHIFT
+
+
+def test_never_ready_canary_is_rolled_back_when_its_readiness_fails_past_the_grace_before_taking_traffic():
+    cluster = rolling_cluster()
+    held = cluster.step(plane(0, weight=0), canary_unhealthy_pods=1)
+    assert held.action == Action.ROLLBACK
+    assert held.failing_check is not None and "unhealthy" in held.failing_check
+    assert held.status.history[0].outcome == "rolled_back"
+
+
+def test_healthy_service_is_looked_at_again_within_seconds_while_its_pods_follow_a_resize():
+    spec = make_spec("engine:1", replicas=3)
+    healthy = BacktestServiceStatus(phase=RolloutPhase.HEALTHY, stable_revision=spec.revision(), replicas=1)
+    assert next_pass(spec, healthy) == POLL_WHILE_WAITING
+    assert next_pass(spec, healthy.evolve(replicas=3)) == RESYNC
