@@ -89,7 +89,15 @@ class Rollout:
             status = self.status()
             return status if predicate(status) else None
 
-        return dict(wait_until(matching, timeout, what))
+        try:
+            return dict(wait_until(matching, timeout, what))
+        except DevtoolsError as error:
+            status = self.status()
+            pods = self.core.list_namespaced_pod(self.namespace).items
+            states = [f"{p.metadata.name} {p.status.phase} ready={_ready(p)}" for p in pods]
+            raise DevtoolsError(
+                f"{error}; status {status.get('phase')}: {status.get('message')}; pods: {states}\n{self.diagnose()}"
+            ) from None
 
     def send_traffic(self, url: str, rate: float = 20.0) -> Traffic:
         self.traffic = Traffic(self._recorded(backtest_request(url)), rate).start()
@@ -124,6 +132,10 @@ class Rollout:
     def close(self) -> None:
         if self.traffic is not None:
             self.traffic.stop()
+
+
+def _ready(pod: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 
 
 @pytest.fixture
