@@ -57,7 +57,9 @@ def mismatch_check(
     trials, events = mismatch_counts(obs)
     judged, floor = sum(trials), spec.rollback.min_requests
     if judged < floor:
-        errors = f", {obs.shadow.errors:.0f} without a comparable canary answer" if obs.shadow else ""
+        errors = (
+            f", {obs.shadow.errors:.0f} without a comparable canary answer" if obs.shadow and obs.shadow.errors else ""
+        )
         return CheckResult(
             name=name,
             verdict=Verdict.INCONCLUSIVE,

@@ -59,9 +59,9 @@ ENGINE_TEMPLATES = {
 fallbacks without a router, so that count is zero)."""
 
 
-SHADOW_OUTCOMES = 'sum by (outcome) (increase(backtest_router_shadow_comparisons_total{{{selector}}}[{window}]))'
+SHADOW_OUTCOMES = "sum by (outcome) (increase(backtest_router_shadow_comparisons_total{{{selector}}}[{window}]))"
 """Shadow comparisons by outcome (match, mismatch, error, skipped) over a window; router only."""
-SHADOW_FIELDS = 'sum by (field) (increase(backtest_router_shadow_mismatches_total{{{selector}}}[{window}]))'
+SHADOW_FIELDS = "sum by (field) (increase(backtest_router_shadow_mismatches_total{{{selector}}}[{window}]))"
 """Mismatching comparisons by result field over a window; router only."""
 
 
