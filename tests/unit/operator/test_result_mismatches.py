@@ -140,7 +140,7 @@ def test_shadow_condition_names_the_reason_when_shadowing_is_off_or_on():
 
 @pytest.mark.parametrize("provider", ["replicas", "gatewayAPI"])
 def test_shadowing_is_refused_naming_the_field_when_the_provider_has_no_router(provider):
-    with pytest.raises(ValueError, match="traffic.shadow.fraction needs the router provider"):
+    with pytest.raises(ValueError, match=r"traffic\.shadow\.fraction needs the router provider"):
         BacktestServiceSpec.model_validate(
             {"image": "engine:1", "traffic": {"provider": provider, "shadow": {"fraction": 0.1}}}
         )
@@ -159,7 +159,8 @@ def test_top_fields_are_bounded_and_ordered_when_many_fields_mismatch():
 def _check(comparisons: list[int], mismatches: list[int], limit: float = 0.0):
     spec = make_spec(**SHADOW)
     stretches = tuple(
-        Stretch(requests=100, comparisons=float(n), mismatches=float(x)) for n, x in zip(comparisons, mismatches)
+        Stretch(requests=100, comparisons=float(n), mismatches=float(x))
+        for n, x in zip(comparisons, mismatches, strict=True)
     )
     shadow = ShadowNumbers(comparisons=float(sum(comparisons)), mismatches=float(sum(mismatches)))
     obs = observe(started().now, phase_window=timedelta(minutes=5), stretches=stretches, shadow=shadow)
@@ -184,7 +185,10 @@ def test_one_or_two_odd_answers_never_roll_back_whatever_the_comparisons(compari
 @given(counts, st.data())
 def test_more_mismatches_never_turn_a_failure_into_a_pass_when_comparisons_are_the_same(comparisons, data):
     mismatches = [data.draw(st.integers(min_value=0, max_value=n)) for n in comparisons]
-    more = [min(n, x + data.draw(st.integers(min_value=0, max_value=5))) for n, x in zip(comparisons, mismatches)]
+    more = [
+        min(n, x + data.draw(st.integers(min_value=0, max_value=5)))
+        for n, x in zip(comparisons, mismatches, strict=True)
+    ]
     if _check(comparisons, mismatches).verdict == Verdict.FAIL:
         assert _check(comparisons, more).verdict == Verdict.FAIL
 
