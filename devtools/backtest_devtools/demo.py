@@ -52,8 +52,9 @@ CRD_FILE = REPO_ROOT / "crds" / "backtest.dev_backtestservices.yaml"
 
 
 SHADOW_FRACTION = 0.5
-"""Share of stable-served backtests copied to the canary and compared: at the demo's 40 requests/s about
-70 comparisons per 4 s interval in the first phase, so a bias on every result is caught at the first look."""
+"""Share of stable-served backtests copied to the canary and compared (at most two at once, so that the
+copies never queue in front of the canary's own clients): a bias on every result is caught at the first
+look."""
 
 
 def demo_spec(prometheus_url: str, image: str, error_rate: float = 0.0, result_bias: float = 0.0) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def demo_spec(prometheus_url: str, image: str, error_rate: float = 0.0, result_b
         "image": image,
         "replicas": 2,
         "engine": {"faultInjection": faults},
-        "traffic": {"shadow": {"fraction": SHADOW_FRACTION}},
+        "traffic": {"shadow": {"fraction": SHADOW_FRACTION, "maxInFlight": 2}},
         "analysis": {
             "prometheus": {"url": prometheus_url, "timeout": "2s"},
             "interval": "4s",
