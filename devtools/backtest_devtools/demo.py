@@ -254,14 +254,18 @@ def run(workdir: Path, kubeconfig: Path | None, rate: float) -> dict[str, Any]:
             custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME, {"spec": spec})
             revision = spec_revision(spec)
             taking = watcher.until(_taking_traffic_or_ended(revision), 120, "the canary taking traffic")
+            took = time.monotonic()
             status = watcher.until(ended(revision), 300, f"the rollout of {image} ending")
             entry = status["history"][0]
             first_phase = taking.get("phaseStartedAt") if taking.get("canaryRevision") == revision else None
+            # From the phase's start (operator's clock); a rollback decided before the phase clock started
+            # (a trigger while the weight is being confirmed) is timed from the demo seeing the weight.
+            detection = (_seconds_between(first_phase, entry["finishedAt"]) if first_phase
+                         else round(time.monotonic() - took, 1))  # fmt: skip
             releases.append({
                 "image": image, "outcome": entry["outcome"], "phase": entry.get("phase"), "check": entry.get("check"),
                 "reason": entry["reason"], "seconds": round(time.monotonic() - started, 1),
-                "detection_latency_seconds": _seconds_between(first_phase or entry["startedAt"], entry["finishedAt"])
-                if entry["outcome"] == "rolled_back" else None,
+                "detection_latency_seconds": detection if entry["outcome"] == "rolled_back" else None,
                 "mismatching_fields": _mismatching_fields(status) if entry["outcome"] == "rolled_back" else [],
             })  # fmt: skip
             if entry["outcome"] == "promoted":
