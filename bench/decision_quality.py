@@ -33,6 +33,7 @@ from backtest_devtools.rollout_sim import (
     record,
 )
 from backtest_operator.api import BacktestServiceSpec
+from backtest_operator.budget import check_budget, stage_checks
 
 RATES = (40.0, 200.0)
 HEALTHY = Behaviour(error_rate=0.005, slow_rate=0.01)
@@ -54,9 +55,14 @@ class Scenario:
     """Goal: rolled back within this long after the fault starts."""
     healthy: bool = False
     never_promoted: bool = False
+    shadow_fraction: float = 0.0
+    """Share of stable's requests the router copies to the canary and compares (the spec's
+    traffic.shadow.fraction); 0: shadowing off, as in the scenarios before the shadow ones."""
 
 
 MID_VALIDATION = (10 + 30 + 30) * 60.0  # canary 10m, testing 30m, half of validation's hour
+SHADOW_FRACTION = 0.1
+"""The router benchmark's shadow sample (bench/results/shadow.md)."""
 
 SCENARIOS = [
     Scenario("healthy: 0.5% errors, 1% slow (as stable)", healthy=True),
@@ -83,6 +89,25 @@ SCENARIOS = [
         bound_seconds=90,
     ),
     Scenario("marginal: 2.5% errors (phase limit 2%)", fault=Fault(Behaviour(error_rate=0.025)), never_promoted=True),
+    # Shadow comparison (10% of stable's requests copied to the canary): wrong results answered 200, fast.
+    Scenario("shadow: correct results, every comparison matches", healthy=True, shadow_fraction=SHADOW_FRACTION),
+    Scenario(
+        "shadow: correct results, 0.05% flaky comparisons (half the 0.1% allowance)",
+        canary=Behaviour(error_rate=0.005, slow_rate=0.01, mismatch_rate=0.0005),
+        healthy=True,
+        shadow_fraction=SHADOW_FRACTION,
+    ),
+    Scenario(
+        "shadow: results differ on 5% of backtests",
+        fault=Fault(Behaviour(mismatch_rate=0.05)),
+        bound_seconds=2 * 30.0,
+        shadow_fraction=SHADOW_FRACTION,
+    ),
+    Scenario(
+        "shadow: results differ on 1% of backtests",
+        fault=Fault(Behaviour(mismatch_rate=0.01)),
+        shadow_fraction=SHADOW_FRACTION,
+    ),
 ]
 
 
@@ -140,14 +165,42 @@ def run(runs: int, seed: int, spec: BacktestServiceSpec) -> list[Row]:
                 canary=scenario.canary,
                 fault=scenario.fault,
                 seed=seed + index * 10 + int(rate),
+                shadow_fraction=scenario.shadow_fraction,
             )
-            recording = record(spec, model)
+            judged = with_shadow(spec, scenario.shadow_fraction)
+            recording = record(judged, model)
             row = Row(scenario, rate, runs)
             for name, judge in JUDGES.items():
-                row.results[name] = judge(spec, recording)
+                row.results[name] = judge(judged, recording)
             rows.append(row)
             print(f"  {scenario.name} at {rate:g} req/s: done", file=sys.stderr, flush=True)
     return rows
+
+
+def with_shadow(spec: BacktestServiceSpec, fraction: float) -> BacktestServiceSpec:
+    """The spec with ``traffic.shadow.fraction`` set (the policy's mismatch checks exist only then)."""
+    if fraction <= 0:
+        return spec
+    data = spec.model_dump(mode="json", by_alias=True)
+    data["traffic"]["shadow"]["fraction"] = fraction
+    return BacktestServiceSpec.model_validate(data)
+
+
+def mismatch_budget(spec: BacktestServiceSpec) -> float:
+    """The false-rollback probability the mismatch checks may spend over a rollout, for a mismatch rate at
+    the allowance (the bound; flakes below it are rolled back far less often)."""
+    return sum(
+        check_budget(spec, name, phase)
+        for phase in spec.phases
+        for name in stage_checks(spec, phase)
+        if name.startswith("result_mismatch")
+    )
+
+
+def comparison_rollbacks(row: Row) -> int:
+    """Runs the policy rolled back by a result-mismatch check."""
+    checks = row.results["policy"].check
+    return int(sum(1 for check in checks if check is not None and str(check).startswith("result_mismatch")))
 
 
 def goal_checks(row: Row, total_seconds: float, interval: float) -> list[tuple[str, bool]]:
@@ -166,6 +219,19 @@ def goal_checks(row: Row, total_seconds: float, interval: float) -> list[tuple[s
                 on_time >= 0.99 * row.runs,
             )
         )
+    if row.scenario.healthy and row.scenario.shadow_fraction > 0:
+        wrong = comparison_rollbacks(row)
+        if row.scenario.canary.mismatch_rate == 0:
+            goals.append((f"never rolled back by the comparison: {fmt_rate(wrong, row.runs)}", wrong == 0))
+        else:  # flaky comparisons under the allowance: the sequential test's guarantee, not "never"
+            bound = mismatch_budget(with_shadow(BacktestServiceSpec.model_validate({"image": "x"}), 0.1))
+            goals.append(
+                (
+                    f"rolled back by the comparison at most as often as the mismatch checks' share of the noise "
+                    f"budget ({bound:.1%}) allows: {fmt_rate(wrong, row.runs)}",
+                    wrong <= bound * row.runs,
+                )
+            )
     if row.scenario.bound_seconds is not None:
         seconds = detections(row, "policy")
         within = int((seconds <= row.scenario.bound_seconds).sum())
@@ -238,6 +304,15 @@ def markdown(rows: list[Row], runs: int, seed: int, elapsed: float, cpu: float, 
         "in the router's histogram buckets, so slow counts are exact and p95s are what `histogram_quantile`",
         "says. The policy is evaluated every 30 s. Time is counted from the canary's first traffic (or from",
         "the start of a late fault).",
+        "",
+        "Shadow scenarios: the router copies 10% of the requests stable serves to the canary (the spec's",
+        "`traffic.shadow.fraction: 0.1`); each copy the canary answers (not an error or timeout) is compared,",
+        "and differs from stable's result with the canary's mismatch probability (wrong results, or flaky",
+        "comparisons). Only the policy reads the comparisons (`result_mismatch_rate` against the phase's",
+        "`maxResultMismatchRate`, 0 tested against a 0.1% allowance, and `result_mismatch_trigger`); the",
+        "baselines judge errors and latency only, as Flagger and Argo Rollouts do: a release that answers 200,",
+        "fast and wrong is promoted by them; what their rows show as detections of a shadow fault are their",
+        "rollbacks on noise in errors and latency, which they make as often with correct results.",
         "",
         "Baselines, on the same recordings: **Flagger-style**: every interval checks that interval's canary",
         f"numbers against the phase's thresholds and the rollback limits; the {FLAGGER_THRESHOLD}th failed",

@@ -1,12 +1,15 @@
-"""``make demo``: the whole story on one machine, a healthy release promoted and a faulty one rolled back.
+"""``make demo``: the whole story on one machine, a healthy release promoted and two faulty ones rolled back.
 
 Brings up the local control plane (or uses the cluster ``KUBECONFIG`` points at, with ``--use-kubeconfig``),
 a real Prometheus, the operator, the router and two engine processes; sends a steady stream of backtest
 requests through the router; applies a BacktestService whose phases are shortened *through its spec*; and
 shows the rollout live. Release 2.0.0 walks every phase and is promoted; release 2.1.0 carries a fault
 (``spec.engine.faultInjection.errorRate``, which the operator hands to the pods as ``ENGINE_FAULT_ERROR_RATE``)
-and is rolled back on its own. It ends with a summary, also written to ``demo-summary.json``, and stops
-everything it started.
+and is rolled back on its own; release 2.2.0 answers 200, fast, with subtly wrong results
+(``faultInjection.resultBias``: return metrics 2% off), which only the router's shadow comparison of its
+results with stable's sees (``traffic.shadow``, router arguments as the operator derives them), and is
+rolled back by it with no error seen by clients. It ends with a summary, also written to
+``demo-summary.json`` (naming the mismatching fields), and stops everything it started.
 
 The engine processes stand in for the pods kwok runs: before each release the demo starts the canary
 process with the environment the operator's own pod builder gives that release (so the fault comes from
@@ -40,6 +43,7 @@ from backtest_devtools.errors import DevtoolsError
 from backtest_devtools.prometheus import PrometheusServer, ScrapeJob
 from backtest_devtools.stack import Stack, Traffic, backtest_request, free_port
 from backtest_operator.api import BacktestServiceSpec
+from backtest_operator.traffic import shadow_args
 from backtest_operator.workloads import engine_env
 
 GROUP, VERSION, PLURAL = "backtest.dev", "v1alpha1", "backtestservices"
@@ -48,12 +52,22 @@ NAME = "quant"
 CRD_FILE = REPO_ROOT / "crds" / "backtest.dev_backtestservices.yaml"
 
 
-def demo_spec(prometheus_url: str, image: str, error_rate: float = 0.0) -> dict[str, Any]:
+SHADOW_FRACTION = 0.5
+"""Share of stable-served backtests copied to the canary and compared (at most two at once, so that the
+copies never queue in front of the canary's own clients): a bias on every result is caught at the first
+look."""
+
+
+def demo_spec(prometheus_url: str, image: str, error_rate: float = 0.0, result_bias: float = 0.0) -> dict[str, Any]:
     """The default policy with seconds instead of minutes: shortened through the spec, nothing else."""
+    faults: dict[str, float] = {"errorRate": error_rate}
+    if result_bias:
+        faults["resultBias"] = result_bias
     return {
         "image": image,
         "replicas": 2,
-        "engine": {"faultInjection": {"errorRate": error_rate}},
+        "engine": {"faultInjection": faults},
+        "traffic": {"shadow": {"fraction": SHADOW_FRACTION, "maxInFlight": 2}},
         "analysis": {
             "prometheus": {"url": prometheus_url, "timeout": "2s"},
             "interval": "4s",
@@ -84,6 +98,27 @@ def canary_env(spec: dict[str, Any]) -> dict[str, str]:
         for item in engine_env(parsed.pod(), parsed.revision())
         if "value" in item and not item["name"].startswith(CLUSTER_WIRING)
     }
+
+
+RELEASES = (
+    ("backtest-engine:2.0.0", 0.0, 0.0),
+    ("backtest-engine:2.1.0", 0.2, 0.0),
+    ("backtest-engine:2.2.0", 0.0, 0.02),
+)
+"""(image, injected error rate, result bias) of each release after the first."""
+
+
+def _mismatching_fields(status: dict[str, Any]) -> list[str]:
+    """The result fields the shadow comparison found different, most frequent first (from status)."""
+    shadow = (status.get("lastAnalysis") or {}).get("shadow") or {}
+    return [item["field"] for item in shadow.get("topFields") or []]
+
+
+def _taking_traffic_or_ended(revision: str) -> Callable[[dict[str, Any]], bool]:
+    """The canary takes traffic, or its rollout already ended (a release wrong on every result can be
+    rolled back within the canary's first look)."""
+    done = ended(revision)
+    return lambda status: status.get("canaryWeight", 0) > 0 or done(status)
 
 
 def ended(revision: str) -> Callable[[dict[str, Any]], bool]:
@@ -197,8 +232,10 @@ def run(workdir: Path, kubeconfig: Path | None, rate: float) -> dict[str, Any]:
         stack.engine("stable", stable_port)
         canary = stack.engine("canary", canary_port)
         router = f"http://127.0.0.1:{router_port}"
+        shadow = shadow_args(BacktestServiceSpec.model_validate(demo_spec(prometheus.url, "backtest-engine:1.0.0")))
         stack.router(f"http://127.0.0.1:{stable_port}", f"http://127.0.0.1:{canary_port}",
-                     f"{NAMESPACE}/{NAME}-weight", router_port, kubeconfig, objective_seconds=2.0)  # fmt: skip
+                     f"{NAMESPACE}/{NAME}-weight", router_port, kubeconfig, objective_seconds=2.0,
+                     extra=shadow)  # fmt: skip
         prometheus.wait_for_targets()
         stack.operator(NAMESPACE, kubeconfig, free_port())
         watcher = Watcher(custom)
@@ -211,11 +248,12 @@ def run(workdir: Path, kubeconfig: Path | None, rate: float) -> dict[str, Any]:
         traffic = Traffic(backtest_request(router), rate).start()
         cleanup.callback(traffic.stop)
         releases = []
-        for image, error_rate in (("backtest-engine:2.0.0", 0.0), ("backtest-engine:2.1.0", 0.2)):
-            spec = demo_spec(prometheus.url, image, error_rate)
+        for image, error_rate, bias in RELEASES:
+            spec = demo_spec(prometheus.url, image, error_rate, bias)
             stack.stop(canary)  # the new release's "pod": the environment the operator gives it
             canary = stack.engine("canary", canary_port, canary_env(spec))
             fault = f" with {error_rate:.0%} injected errors" if error_rate else ""
+            fault += f" answering 200, fast, with return metrics {bias:+.0%} off (resultBias)" if bias else ""
             print(f"\n[demo] releasing {image}{fault}")
             releases.append(release(custom, watcher, spec, image))
         traffic.stop()
@@ -226,15 +264,22 @@ def release(custom: k8s.CustomObjectsApi, watcher: Watcher, spec: dict[str, Any]
     """Apply a release and follow it until it is promoted (and baked) or rolled back."""
     started = time.monotonic()
     custom.patch_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, NAME, {"spec": spec})
-    taking = watcher.until(lambda s: s.get("canaryWeight", 0) > 0, 120, "the canary taking traffic")
-    status = watcher.until(ended(spec_revision(spec)), 300, f"the rollout of {image} ending")
+    revision = spec_revision(spec)
+    taking = watcher.until(_taking_traffic_or_ended(revision), 120, "the canary taking traffic")
+    took = time.monotonic()
+    status = watcher.until(ended(revision), 300, f"the rollout of {image} ending")
     entry = status["history"][0]
+    first_phase = taking.get("phaseStartedAt") if taking.get("canaryRevision") == revision else None
+    # From the phase's start (operator's clock); a rollback decided before the phase clock started
+    # (a trigger while the weight is being confirmed) is timed from the demo seeing the weight.
+    detection = (_seconds_between(first_phase, entry["finishedAt"]) if first_phase
+                 else round(time.monotonic() - took, 1))  # fmt: skip
+    rolled_back = entry["outcome"] == "rolled_back"
     outcome = {
         "image": image, "outcome": entry["outcome"], "phase": entry.get("phase"), "check": entry.get("check"),
         "reason": entry["reason"], "seconds": round(time.monotonic() - started, 1),
-        # From the operator's own timestamps: the canary phase starting to the rollback (server side).
-        "detection_latency_seconds": _seconds_between(taking["phaseStartedAt"], entry["finishedAt"])
-        if entry["outcome"] == "rolled_back" else None,
+        "detection_latency_seconds": detection if rolled_back else None,
+        "mismatching_fields": _mismatching_fields(status) if rolled_back else [],
     }  # fmt: skip
     if entry["outcome"] == "promoted":
         watcher.until(lambda s: s.get("phase") == "Healthy", 60, "the bake window ending")
@@ -259,6 +304,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"\n[demo] summary ({summary.get('mode', 'kwok fake nodes + local processes')})")
     for release in summary["releases"]:
         print(f"  {release['image']:<24} {release['outcome']:<12} after {release['seconds']:.0f}s: {release['reason']}")
+        if release.get("mismatching_fields"):
+            print(f"  {'':<24} results differed from stable's in: {', '.join(release['mismatching_fields'])}")
     for phase in summary["phases"]:
         print(f"  phase {phase['phase']:<11} {phase['weight']:>3}%  {phase['seconds']:>5.1f}s")
     print(f"  promotions {summary['promotions']}, rollbacks {summary['rollbacks']}, "
@@ -317,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(summary)
     args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[demo] wrote {args.summary}; everything it started has stopped")
-    return 0 if summary["promotions"] == 1 and summary["rollbacks"] == 1 else 1
+    return 0 if summary["promotions"] == 1 and summary["rollbacks"] == len(RELEASES) - 1 else 1
 
 
 if __name__ == "__main__":

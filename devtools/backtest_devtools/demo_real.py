@@ -57,8 +57,8 @@ def run(workdir: Path, rate: float, borrowed: Path | None) -> dict[str, Any]:
         print("[demo] building the engine and operator images from their Dockerfiles (cached by content)")
         images.build_project_images(settings, print)
         images.import_into_node(settings, print)
-        releases = [("backtest-engine:1.0.0", 0.0), ("backtest-engine:2.0.0", 0.0), ("backtest-engine:2.1.0", 0.2)]
-        images.tag_in_node("backtest-engine:0.1.0", [image for image, _ in releases])
+        releases = [("backtest-engine:1.0.0", 0.0, 0.0), *demo.RELEASES]
+        images.tag_in_node("backtest-engine:0.1.0", [image for image, _, _ in releases])
         print("[demo] installing the chart with helm (the operator runs as a pod)")
         installed = helm_install(settings, info.kubeconfig, RELEASE, RELEASE_NAMESPACE, ["--wait", "--timeout", "3m"])
         if installed.returncode != 0:
@@ -80,7 +80,7 @@ def run(workdir: Path, rate: float, borrowed: Path | None) -> dict[str, Any]:
         print(f"[demo] Prometheus at {prometheus.url} discovers the router pods through the chart's PodMonitor")
         memory = MemoryPeak(local, prometheus)
         watcher = demo.Watcher(custom, on_poll=memory.sample)
-        first = real_spec(prometheus.url, releases[0][0])
+        first = _spec(prometheus.url, *releases[0])
         custom.create_namespaced_custom_object(
             GROUP, VERSION, demo.NAMESPACE, PLURAL, backtest_service(demo.NAME, first)
         )
@@ -92,15 +92,27 @@ def run(workdir: Path, rate: float, borrowed: Path | None) -> dict[str, Any]:
         traffic = Traffic(backtest_request(url), rate).start()
         cleanup.callback(traffic.stop)
         outcomes = []
-        for image, error_rate in releases[1:]:
-            spec = real_spec(prometheus.url, image, error_rate)
+        for image, error_rate, bias in releases[1:]:
+            spec = _spec(prometheus.url, image, error_rate, bias)
             fault = f" with {error_rate:.0%} injected errors" if error_rate else ""
+            fault += f" answering 200, fast, with return metrics {bias:+.0%} off (resultBias)" if bias else ""
             print(f"\n[demo] releasing {image}{fault}")
             outcomes.append(demo.release(custom, watcher, spec, image))
         traffic.stop()
         summary = demo.summarise(outcomes, traffic, watcher)
         summary["memory_peak_mib"] = memory.peak_mib()
         return summary
+
+
+def _spec(prometheus_url: str, image: str, error_rate: float, bias: float) -> dict[str, Any]:
+    """The real tier's spec with the demo's shadow comparison and the release's faults."""
+    from backtest_devtools import demo  # noqa: PLC0415 (demo imports this module)
+
+    shadow = {"shadow": {"fraction": demo.SHADOW_FRACTION, "maxInFlight": 2}}
+    spec = real_spec(prometheus_url, image, error_rate, traffic=shadow)
+    if bias:
+        spec["engine"]["faultInjection"]["resultBias"] = bias
+    return spec
 
 
 class MemoryPeak:

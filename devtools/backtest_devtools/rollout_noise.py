@@ -12,6 +12,10 @@ Each analysis interval, for many independent runs at once (numpy, one row per ru
   an exponential of mean 0.5 s). Latencies land in the router's histogram buckets, so slow counts are
   exact at the objective bound and p95s are what ``histogram_quantile`` would say.
 
+With ``shadow_fraction`` above 0 the router also copies that share of stable's requests to the canary and
+compares the answers: copies the canary answers (neither an error nor a timeout) are judged, and each
+differs from stable's with the canary's ``mismatch_rate`` (wrong results, or a flaky comparison).
+
 A ``Fault`` switches the canary to another behaviour from a given time. Everything is seeded.
 """
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +49,8 @@ class Behaviour:
     median_seconds: float = 0.12
     sigma: float = 0.6
     added_seconds: float = 0.0
+    mismatch_rate: float = 0.0
+    """Share of shadow comparisons whose result differs from stable's (as the canary)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,9 @@ class Traffic:
     slow: Array
     buckets: Array
     """(runs, len(ROUTER_BUCKETS) + 1): cumulative counts per bound, the last column the total."""
+    comparisons: Array | None = None
+    """Shadow comparisons judged (the stable track's copies the canary answered), when shadowing is on."""
+    mismatches: Array | None = None
 
 
 @dataclass
@@ -78,6 +87,7 @@ class NoiseModel:
     fault: Fault | None = None
     interval_seconds: float = 30.0
     seed: int = 0
+    shadow_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -93,8 +103,17 @@ class NoiseModel:
         """One interval for every run: (canary, stable). ``canary_weight`` is per run, 0-100."""
         expected = self.rate * self.interval_seconds
         weight = np.asarray(canary_weight, dtype=np.float64) / 100.0
-        canary = self._track(self.rng.poisson(expected * weight), self.behaviour(seconds_since_start))
+        behaviour = self.behaviour(seconds_since_start)
+        canary = self._track(self.rng.poisson(expected * weight), behaviour)
         stable = self._track(self.rng.poisson(expected * (1.0 - weight)), self.stable)
+        if self.shadow_fraction > 0:
+            answered = self.shadow_fraction * (1.0 - behaviour.error_rate - behaviour.timeout_rate)
+            judged = self.rng.binomial(stable.requests.astype(np.int64), answered)
+            stable = replace(
+                stable,
+                comparisons=judged.astype(np.float64),
+                mismatches=self.rng.binomial(judged, behaviour.mismatch_rate).astype(np.float64),
+            )
         return canary, stable
 
     def _track(self, requests: npt.NDArray[np.int64], behaviour: Behaviour) -> Traffic:

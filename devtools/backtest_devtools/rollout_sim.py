@@ -24,9 +24,10 @@ import numpy.typing as npt
 from backtest_devtools.rollout_noise import ROUTER_BUCKETS, NoiseModel
 from backtest_operator.analysis import FAILURE_PRECEDENCE
 from backtest_operator.api import BacktestServiceSpec, Phase
-from backtest_operator.budget import BAKE, check_budget, stage_checks
+from backtest_operator.budget import BAKE, check_budget, shadowing, stage_checks
 from backtest_operator.comparisons import stable_upper_bound
 from backtest_operator.histograms import MIN_REFERENCE_REQUESTS, P95, count_above, quantile
+from backtest_operator.mismatches import MISMATCH_ALLOWANCE
 from backtest_operator.sequential import margins
 
 Array = npt.NDArray[np.float64]
@@ -70,6 +71,9 @@ class Recording:
     buckets: Array | None = None
     """Kept only when asked (canary and stable cumulative buckets), for replays through the policy."""
     stable_buckets: Array | None = None
+    comparisons: Array | None = None
+    """Shadow comparisons judged (match plus mismatch), when the noise model shadows."""
+    mismatches: Array | None = None
 
     @property
     def intervals(self) -> int:
@@ -121,6 +125,9 @@ def record(spec: BacktestServiceSpec, model: NoiseModel, *, keep_buckets: bool =
         if keep_buckets:
             columns["buckets"].append(canary.buckets)
             columns["stable_buckets"].append(stable.buckets)
+        if stable.comparisons is not None and stable.mismatches is not None:
+            columns["comparisons"].append(stable.comparisons)
+            columns["mismatches"].append(stable.mismatches)
     stacked = {name: np.stack(values, axis=1) for name, values in columns.items() if values}
     return Recording(**stacked)
 
@@ -176,6 +183,8 @@ def judge_policy(spec: BacktestServiceSpec, rec: Recording) -> Verdicts:
         for name in ("requests", "errors", "stable_requests", "stable_errors", "stable_slow", "latency_trials")
     }
     sums["failures"] = _running_sums(rec.failures)
+    if rec.comparisons is not None:
+        sums["comparisons"] = _running_sums(rec.comparisons)
     stages: list[Phase | str] = [*phases, BAKE]
     budgets = {(name, index): check_budget(spec, name, stage) for index, stage in enumerate(stages)
                for name in stage_checks(spec, stage)}  # fmt: skip
@@ -214,6 +223,8 @@ def judge_policy(spec: BacktestServiceSpec, rec: Recording) -> Verdicts:
             if phase.weight < 100:
                 stable = _stage_sums(sums["stable_requests"], start, column)
                 passes &= (stable >= needed) & (_stage_sums(sums["latency_trials"], start, column) >= floor)
+                if "comparisons" in sums and shadowing(spec):  # the mismatch check needs comparisons to pass
+                    passes &= _stage_sums(sums["comparisons"], start, column) >= floor
             stage_start[passes] = column + 1
             if index + 1 < len(phases):
                 stage[passes] = index + 1
@@ -263,11 +274,19 @@ def _failures(
         limit = np.minimum(1.0 - 1e-9, stable_upper_bound(stable_x, stable_n) + margin)
         found[name] = comparable & test(name, events, limit)
     found["latency_vs_stable"] = test("latency_vs_stable", rec.above_margin, 1.0 - P95, latency)
+    if rec.comparisons is not None and rec.mismatches is not None:
+        compared = rec.comparisons[rows, span]
+        for name, allowed in (
+            ("result_mismatch_trigger", rules.max_result_mismatch_rate),
+            ("result_mismatch_rate", phase.max_result_mismatch_rate),
+        ):
+            found[name] = test(name, rec.mismatches, float(max(allowed, MISMATCH_ALLOWANCE)), compared)
     failed = np.zeros(len(rows), dtype=bool)
     check = np.full(len(rows), None, dtype=object)
     for name in FAILURE_PRECEDENCE:
         if name in found:
-            new = found[name] & enough & ~failed
+            # The mismatch checks count comparisons (of stable's requests), not canary requests.
+            new = found[name] & (True if name.startswith("result_mismatch") else enough) & ~failed
             check[new] = name
             failed |= new
     return failed, check

@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,12 +70,14 @@ class Stack:
         return managed
 
     def router(self, stable: str, canary: str, configmap: str, port: int, kubeconfig: Path,
-               objective_seconds: float) -> processes.Managed:  # fmt: skip
-        """The router in front of both tracks; a canary attempt is abandoned half a second past the objective."""
+               objective_seconds: float, extra: Sequence[str] = ()) -> processes.Managed:  # fmt: skip
+        """The router in front of both tracks; a canary attempt is abandoned half a second past the objective.
+        ``extra``: more router arguments (e.g. the shadow settings the operator derives from the spec)."""
         command = [
             str(BIN / "backtest-engine"), "router", "--stable", stable, "--canary", canary,
             "--weight-configmap", configmap, "--host", "127.0.0.1", "--port", str(port),
             "--latency-objective", f"{objective_seconds:g}", "--canary-timeout", f"{objective_seconds + 0.5:g}",
+            *extra,
         ]  # fmt: skip
         managed = self.start("router", command, {"KUBECONFIG": str(kubeconfig)})
         wait_http(f"http://127.0.0.1:{port}/router/health", "router", managed.log)

@@ -7,9 +7,11 @@ not multiply false alarms: a check **fails** only on evidence that holds over th
 keeps measuring. The families:
 
 * rollback triggers (``trigger_checks``), in any phase, against ``spec.rollback``: error rate, fallback
-  rate, latency increase over stable, and unhealthy canary pods (from Kubernetes);
+  rate, latency increase over stable, result mismatches (with shadowing, ``mismatches``), and unhealthy
+  canary pods (from Kubernetes);
 * phase checks (``phase_checks``), against the phase's thresholds and against stable (``comparisons``):
-  enough requests, success rate, error rate; error rate, slow share and latency compared with stable.
+  enough requests, success rate, error rate; error rate, slow share and latency compared with stable;
+  the share of shadow comparisons whose result differs from stable's (with shadowing).
   They fail early on evidence, and pass only when the phase's duration has passed (the policy's part);
 * bake checks (``bake_checks``) guard the promoted revision during the bake window.
 
@@ -28,6 +30,7 @@ from backtest_operator.api import BacktestServiceSpec, CheckResult, Phase, Verdi
 from backtest_operator.budget import BAKE
 from backtest_operator.comparisons import comparison_checks, latency_check
 from backtest_operator.comparisons import where as over_phase
+from backtest_operator.mismatches import phase_mismatch_checks, trigger_mismatch_checks
 from backtest_operator.observation import (
     Observation,
     Stretch,
@@ -69,12 +72,14 @@ FAILURE_PRECEDENCE = (
     "error_rate_trigger",
     "fallback_rate_trigger",
     "latency_trigger",
+    "result_mismatch_trigger",
     "unhealthy",
     "error_rate",
     "success_rate",
     "error_rate_vs_stable",
     "slow_rate_vs_stable",
     "latency_vs_stable",
+    "result_mismatch_rate",
     "requests",
 )
 """Which failing check is reported when several fail in one evaluation (docs/rollout-policy.md, "Which
@@ -149,6 +154,7 @@ def trigger_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) ->
     checks.append(
         latency_check(spec, phase, obs, "latency_trigger", rules.max_latency_increase, "rollback.maxLatencyIncrease")
     )
+    checks.extend(trigger_mismatch_checks(spec, phase, obs))
     return checks
 
 
@@ -210,6 +216,7 @@ def phase_checks(spec: BacktestServiceSpec, phase: Phase, obs: Observation) -> l
         )
     )
     checks.extend(comparison_checks(spec, phase, obs))
+    checks.extend(phase_mismatch_checks(spec, phase, obs))
     return checks
 
 

@@ -17,10 +17,13 @@ BUDGET_WEIGHTS = {
     "error_rate_trigger": 1.0,
     "fallback_rate_trigger": 1.0,
     "latency_trigger": 1.0,
+    "result_mismatch_rate": 3.0,
+    "result_mismatch_trigger": 1.0,
 }
 """How the noise budget is split among the sequential checks of a stage: the phase's error and success
 thresholds and the error and slow-request comparisons with stable carry the detection goals at low
-traffic (they hold the tightest limits), the others back them up."""
+traffic (they hold the tightest limits), the others back them up. The result-mismatch checks exist only
+while shadowing is on (``shadowing``), so turning it on takes budget from the others and off gives it back."""
 
 BAKE = "bake"
 """The stage after promotion (``check_budget``'s name for the bake window)."""
@@ -36,7 +39,15 @@ def stage_checks(spec: BacktestServiceSpec, stage: Phase | str) -> tuple[str, ..
         checks.append("latency_trigger")
         if spec.analysis.comparison.enabled:
             checks += ["error_rate_vs_stable", "slow_rate_vs_stable", "latency_vs_stable"]
+        if shadowing(spec):
+            # Shadow copies are of stable-served requests: at weight 100 there are none to judge.
+            checks += ["result_mismatch_rate", "result_mismatch_trigger"]
     return tuple(checks)
+
+
+def shadowing(spec: BacktestServiceSpec) -> bool:
+    """Does the router compare canary results with stable's? Only the router provider has a router."""
+    return spec.traffic.provider == "router" and spec.traffic.shadow.fraction > 0
 
 
 def check_budget(spec: BacktestServiceSpec, check: str, stage: Phase | str) -> float:

@@ -62,6 +62,8 @@ def render_status(body: dict[str, Any]) -> str:
             value, threshold = _number(check.get("value"), ".4g"), _number(check.get("threshold"), ".4g")
             p_value = _number(check.get("pValue"), ".3g")
             lines.append(f"  {check['name']:<24} {check['verdict']:<13} {value:>10} {threshold:>10} {p_value:>9}")
+        if analysis.get("shadow"):
+            lines += _shadow_lines(analysis["shadow"])
     if status.get("conditions"):
         lines.append("Conditions:")
         lines += [
@@ -75,6 +77,20 @@ def render_status(body: dict[str, Any]) -> str:
             stamp = _clock(entry.get("finishedAt"), "%Y-%m-%d %H:%M")
             lines.append(f"  {stamp} {entry['outcome']:<11} {entry['revision']}{where}: {entry.get('reason', '')}")
     return "\n".join(lines)
+
+
+def _shadow_lines(shadow: dict[str, Any]) -> list[str]:
+    """What the router's shadow comparisons found over the phase: counts, then the top mismatching fields."""
+    compared, mismatched = float(shadow.get("comparisons", 0)), float(shadow.get("mismatches", 0))
+    share = f" ({mismatched / compared:.1%})" if compared else ""
+    lines = [
+        f"Shadow:   {compared:.0f} comparisons, {mismatched:.0f} mismatches{share}, "
+        f"{float(shadow.get('errors', 0)):.0f} errors, {float(shadow.get('skipped', 0)):.0f} skipped"
+    ]
+    fields = shadow.get("topFields") or []
+    if fields:
+        lines.append("  mismatching fields: " + ", ".join(f"{f['field']} ({float(f['count']):.0f})" for f in fields))
+    return lines
 
 
 def _client(args: argparse.Namespace) -> Client:

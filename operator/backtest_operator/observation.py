@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from backtest_operator.api import TrackNumbers
+from backtest_operator.api import ShadowNumbers, TrackNumbers
 from backtest_operator.histograms import Histogram
 
 
@@ -30,6 +30,10 @@ class Stretch:
     """The judged revision's latency histogram over the stretch, when known."""
     stable_p95_seconds: float | None = None
     """Stable's p95 over the same stretch, when stable had enough requests for one."""
+    comparisons: float = 0.0
+    """Shadow comparisons judged over the stretch (match plus mismatch; errors and skipped left out)."""
+    mismatches: float = 0.0
+    """Shadow comparisons whose canary result differed from stable's."""
 
     @property
     def failures(self) -> float:
@@ -60,6 +64,8 @@ class Observation:
     stable_ready: bool = True
     canary_unhealthy_pods: int = 0
     stable_unhealthy_pods: int = 0
+    shadow: ShadowNumbers | None = None
+    """The router's shadow comparisons over the phase so far; None while shadowing is off."""
     error: str | None = None
 
 
@@ -69,8 +75,13 @@ def judged_stretches(obs: Observation, phase_numbers: TrackNumbers) -> tuple[Str
         return obs.stretches
     if phase_numbers.requests <= 0:
         return ()
-    numbers = phase_numbers
-    return (Stretch(numbers.requests, numbers.errors, numbers.fallbacks, numbers.slow),)
+    numbers, shadow = phase_numbers, obs.shadow
+    return (
+        Stretch(
+            numbers.requests, numbers.errors, numbers.fallbacks, numbers.slow,
+            comparisons=shadow.comparisons if shadow else 0.0, mismatches=shadow.mismatches if shadow else 0.0,
+        ),
+    )  # fmt: skip
 
 
 def error_rate(track: TrackNumbers) -> float | None:

@@ -55,6 +55,7 @@ from backtest_operator.capacity import (
 )
 from backtest_operator.conditions import derive_conditions
 from backtest_operator.controls import NO_CONTROLS, Controls
+from backtest_operator.mismatches import shadow_condition
 
 
 class Action(StrEnum):
@@ -141,6 +142,7 @@ def decide(
         message=decision.reason, handled_controls=_keep_pending(decision.status.handled_controls, previous, deferred)
     )
     final = final.evolve(conditions=derive_conditions(final, obs.stable_ready, generation, now, plane.note))
+    final = final.evolve(conditions=shadow_condition(final.conditions, spec, generation, now))
     return Decision(
         decision.action,
         final,
@@ -423,7 +425,7 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         reason = f"rolled back in phase {phase.name}: {tripped.message}"
         record = AnalysisRecord(
             time=now, phase=phase.name, verdict=Verdict.FAIL, window_seconds=obs.recent_window.total_seconds(),
-            canary=obs.canary_recent, stable=obs.stable_recent, checks=triggers,
+            canary=obs.canary_recent, stable=obs.stable_recent, checks=triggers, shadow=obs.shadow,
         )  # fmt: skip
         return _rollback(ctx, status.evolve(last_analysis=record), reason, tripped.name, checks=triggers)
     if "abort" in ctx.pending:
@@ -436,7 +438,7 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         # Sequential evidence that the phase cannot pass: no reason to wait for its end (paused or not).
         record = AnalysisRecord(
             time=now, phase=phase.name, verdict=Verdict.FAIL, window_seconds=obs.phase_window.total_seconds(),
-            canary=obs.canary_phase, stable=obs.stable_phase, checks=[*triggers, *checks],
+            canary=obs.canary_phase, stable=obs.stable_phase, checks=[*triggers, *checks], shadow=obs.shadow,
         )  # fmt: skip
         reason = f"rolled back in phase {phase.name}: {failed.message}"
         status = status.evolve(last_analysis=record)
@@ -449,6 +451,7 @@ def _progressing(ctx: _Context, status: BacktestServiceStatus) -> Decision:
         canary=obs.canary_phase,
         stable=obs.stable_phase,
         checks=[*triggers, *checks],
+        shadow=obs.shadow,
     )
     status = status.evolve(step=index, canary_weight=phase.weight, last_analysis=record)
     # Every check is reported (metrics, simulator); only the phase checks decide whether the phase passes.

@@ -22,9 +22,11 @@ import httpx
 
 from backtest_operator.analysis import Observation, Stretch
 from backtest_operator.api import BacktestServiceSpec, BacktestServiceStatus, RolloutPhase, TrackNumbers
+from backtest_operator.budget import shadowing
 from backtest_operator.errors import AnalysisError
 from backtest_operator.histograms import MIN_REFERENCE_REQUESTS, P95, Histogram
 from backtest_operator.queries import MAX_POINTS, QuerySet, build_queries, grid_stride, promql_range
+from backtest_operator.shadow_measure import ShadowGrid, measure_shadow
 
 TRACKS = ("canary", "stable")
 NO_REVISION = "none"
@@ -179,18 +181,22 @@ async def measure(
     judged = "stable" if status.phase == RolloutPhase.BAKING else "canary"
     # At a phase's first evaluation both windows render to the same PromQL range: ask once, use it twice.
     same_window = promql_range(phase_window) == promql_range(interval)
+    compared = shadowing(spec) and judged == "canary"  # shadow copies go to a canary; none while baking
     try:
-        canary_recent, stable_recent, canary_phase, stable_phase, stretches = await asyncio.gather(
+        canary_recent, stable_recent, canary_phase, stable_phase, stretches, shadow = await asyncio.gather(
             _track(client, recent["canary"], now, True),
             _track(client, recent["stable"], now, False),
             _none() if same_window else _track(client, phase["canary"], now, True),
             _none() if same_window else _track(client, phase["stable"], now, False),
             _stretches(client, spec, labels, judged, now - phase_window, now, revisions),
+            measure_shadow(client, labels, interval, now - phase_window, now) if compared else _none(),
         )
     except AnalysisError as exc:
         return Observation(time=now, error=str(exc))
     canary_phase = canary_phase or canary_recent
     stable_phase = stable_phase or stable_recent
+    if shadow is not None:
+        stretches = _with_shadow(stretches, shadow)
     return Observation(
         time=now,
         canary_recent=canary_recent,
@@ -201,6 +207,7 @@ async def measure(
         phase_window=phase_window,
         stretches=stretches.items,
         stretch_intervals=stretches.stride,
+        shadow=shadow.numbers if shadow is not None else None,
     )
 
 
@@ -268,6 +275,15 @@ async def _stretches(
         )  # fmt: skip
     items.append(_remainder(items, totals, _histogram(bucket_total), _histogram(stable_bucket_total), objective))
     return _Grid(tuple(items), stride)
+
+
+def _with_shadow(grid: _Grid, shadow: ShadowGrid) -> _Grid:
+    """The shadow comparisons of each stretch (both grids are laid out alike, see ``shadow_measure``)."""
+    items = tuple(
+        replace(stretch, comparisons=comparisons, mismatches=mismatches)
+        for stretch, (comparisons, mismatches) in zip(grid.items, shadow.stretches, strict=True)
+    )
+    return _Grid(items, grid.stride)
 
 
 async def _empty() -> dict[str, Series]:

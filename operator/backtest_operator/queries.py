@@ -59,6 +59,24 @@ ENGINE_TEMPLATES = {
 fallbacks without a router, so that count is zero)."""
 
 
+SHADOW_OUTCOMES = "sum by (outcome) (increase(backtest_router_shadow_comparisons_total{{{selector}}}[{window}]))"
+"""Shadow comparisons by outcome (match, mismatch, error, skipped) over a window; router only."""
+SHADOW_FIELDS = (
+    "sum by (field) (backtest_router_shadow_mismatches_total{{{selector}}} "
+    "- backtest_router_shadow_mismatches_total{{{selector}}} offset {window} "
+    "or backtest_router_shadow_mismatches_total{{{selector}}})"
+)
+"""Mismatching comparisons by result field over a window; router only. A field's series is born with its
+first mismatch, which ``increase()`` cannot see (it needs two samples), so this is the counter now minus
+the counter a window ago, or the whole counter for a field first seen within the window."""
+
+
+def shadow_queries(labels: Mapping[str, str], window: timedelta) -> tuple[str, str]:
+    """The shadow series of one BacktestService's routers over ``window``: (by outcome, by field)."""
+    values = {"selector": selector(labels), "window": promql_range(window)}
+    return SHADOW_OUTCOMES.format(**values), SHADOW_FIELDS.format(**values)
+
+
 def quote_label_value(value: str) -> str:
     """A PromQL double-quoted string literal: backslash, quote and newline escaped."""
     escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from backtest_operator.api import AnalysisSettings, TrackNumbers
+from backtest_operator.api import AnalysisSettings, ShadowNumbers, TrackNumbers
 from backtest_operator.errors import InvalidRecording
 from backtest_operator.histograms import Histogram
 from backtest_operator.queries import MAX_POINTS, build_queries
@@ -36,6 +36,9 @@ class Interval:
     unhealthy_pods: int = 0
     latency: dict[str, Histogram] = field(default_factory=dict)
     """Latency histogram per track, when the recording has one."""
+    shadow: ShadowNumbers | None = None
+    """What the shadow comparisons found in the interval, when shadowing was on (the benchmark's recordings;
+    CSV recordings have no columns for it yet)."""
 
     def track(self, name: str) -> TrackNumbers:
         return self.tracks.get(name, TrackNumbers(latency_p95_seconds=None))

@@ -26,6 +26,7 @@ from backtest_operator.api import (
     BacktestServiceSpec,
     BacktestServiceStatus,
     RolloutPhase,
+    ShadowNumbers,
     TrackNumbers,
 )
 from backtest_operator.errors import InvalidSpec
@@ -114,6 +115,21 @@ def _stretch(interval: Interval) -> Stretch:
         slow=canary.slow,
         latency=interval.latency.get("canary"),
         stable_p95_seconds=stable_p95 if stable.requests >= MIN_REFERENCE_REQUESTS else None,
+        comparisons=interval.shadow.comparisons if interval.shadow else 0.0,
+        mismatches=interval.shadow.mismatches if interval.shadow else 0.0,
+    )
+
+
+def _shadow(intervals: Sequence[Interval]) -> ShadowNumbers | None:
+    """The shadow comparisons of the phase so far, when the recording has them."""
+    found = [i.shadow for i in intervals if i.shadow is not None]
+    if not found:
+        return None
+    return ShadowNumbers(
+        comparisons=sum(s.comparisons for s in found),
+        mismatches=sum(s.mismatches for s in found),
+        errors=sum(s.errors for s in found),
+        skipped=sum(s.skipped for s in found),
     )
 
 
@@ -131,6 +147,7 @@ def _observe(intervals: Sequence[Interval], index: int, now: datetime, status: B
         phase_window=now - since,
         stretches=tuple(_stretch(i) for i in in_phase),
         canary_unhealthy_pods=current.unhealthy_pods,
+        shadow=_shadow(in_phase),
     )
 
 

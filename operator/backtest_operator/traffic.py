@@ -105,6 +105,15 @@ def _engine_upload_limit(spec: BacktestServiceSpec) -> int | None:
     return None
 
 
+def shadow_args(spec: BacktestServiceSpec) -> list[str]:
+    """The router's shadow arguments from ``traffic.shadow``; none when off, so enabling it later is the only
+    change to existing routers."""
+    shadow = spec.traffic.shadow
+    if shadow.fraction <= 0:
+        return []
+    return ["--shadow-fraction", f"{shadow.fraction:g}", "--shadow-max-in-flight", str(shadow.max_in_flight)]
+
+
 def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: WorkloadDefaults) -> Manifest:
     labels = {LABEL_COMPONENT: "router"}
     selector = {LABEL_SERVICE: owner.name, LABEL_COMPONENT: "router"}
@@ -116,9 +125,7 @@ def _router_deployment(owner: Owner, spec: BacktestServiceSpec, defaults: Worklo
         *router_settings(spec),
         "--host", "0.0.0.0", "--port", str(ENGINE_PORT),
     ]  # fmt: skip
-    shadow = spec.traffic.shadow
-    if shadow.fraction > 0:  # absent when off, so enabling it later is the only change to existing routers
-        args += ["--shadow-fraction", f"{shadow.fraction:g}", "--shadow-max-in-flight", str(shadow.max_in_flight)]
+    args += shadow_args(spec)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -111,6 +111,7 @@ class Timing:
 EVIDENCE = {
     "errors": {"error_rate_trigger", "error_rate", "error_rate_vs_stable", "success_rate"},
     "slowness": {"latency_trigger", "latency_vs_stable", "slow_rate_vs_stable", "success_rate"},
+    "wrong results": {"result_mismatch_trigger", "result_mismatch_rate"},
     "fallbacks": {
         "fallback_rate_trigger",
         "latency_trigger",
@@ -156,9 +157,10 @@ class Lab:
         self.stack.engine(track, port, {"ENGINE_VERSION": f"e2e-{track}", **faults})
         return f"http://127.0.0.1:{port}"
 
-    def start_router(self, stable: str, canary: str) -> str:
+    def start_router(self, stable: str, canary: str, extra: tuple[str, ...] = ()) -> str:
+        """``extra``: more router arguments, e.g. ``traffic.shadow_args(spec)`` as the operator sets them."""
         self.router = self.stack.router(stable, canary, f"{self.namespace}/{NAME}-weight", self.router_port,
-                                        self.cluster.kubeconfig, objective_seconds=0.5)  # fmt: skip
+                                        self.cluster.kubeconfig, objective_seconds=0.5, extra=extra)  # fmt: skip
         self.prometheus.wait_for_targets()
         return f"http://127.0.0.1:{self.router_port}"
 

@@ -98,6 +98,7 @@ def test_phase_defaults_are_filled_when_a_phase_omits_its_thresholds(objects):
         "duration": "1m",
         "minSuccessRate": 0.95,
         "maxErrorRate": 0.02,
+        "maxResultMismatchRate": 0.0,
     }
 
 
@@ -141,6 +142,11 @@ INVALID = {
         {"traffic": {"shadow": {"fraction": 1.5}}},
         "spec.traffic.shadow.fraction",
         "less than or equal to 1",
+    ),
+    "shadow-without-router": (
+        {"traffic": {"provider": "replicas", "shadow": {"fraction": 0.1}}},
+        "spec",
+        "traffic.shadow.fraction needs the router provider",
     ),
     "result-bias-too-large": (
         {"engine": {"faultInjection": {"resultBias": 0.9}}},

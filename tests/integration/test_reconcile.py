@@ -122,6 +122,7 @@ def test_new_object_becomes_healthy_with_its_workloads_when_pods_are_ready(harne
     assert status["phase"] == "Healthy"
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "Ready": "True", "Progressing": "False", "Degraded": "False", "Reconciling": "False", "Stalled": "False",
+        "ShadowComparison": "False",
     }  # fmt: skip
     assert [e.reason for e in harness.events] == ["Initializing", "Ready"]
 

@@ -215,6 +215,11 @@ class Phase(ApiModel):
     """Lowest acceptable share of canary requests answered without error within the latency objective."""
     max_error_rate: Rate = 0.02
     """The phase fails when the canary's error rate reaches this value."""
+    max_result_mismatch_rate: Rate = 0.0
+    """Share of shadow comparisons (traffic.shadow) whose canary result differs from stable's that the phase
+    tolerates. 0 (default): none, judged on evidence like every check, so one odd answer from a flaky
+    comparison does not roll back: the phase fails once mismatches are clearly more frequent than one in a
+    thousand comparisons (docs/rollout-policy.md, "Result mismatches"). Without shadowing, not judged."""
 
 
 def _spec_rule_violations(spec: BacktestServiceSpec) -> list[str]:
@@ -229,6 +234,8 @@ def _spec_rule_violations(spec: BacktestServiceSpec) -> list[str]:
     milliseconds = round(objective.total_seconds() * 1000)
     if spec.traffic.provider != "router" and milliseconds not in ENGINE_LATENCY_BUCKETS_MS:
         broken.append(SPEC_RULES[2]["message"])
+    if spec.traffic.provider != "router" and spec.traffic.shadow.fraction > 0:
+        broken.append(SPEC_RULES[3]["message"])
     return broken
 
 
@@ -249,6 +256,9 @@ class RollbackSettings(ApiModel):
     """Canary error rate above which the rollout rolls back at once, as soon as the evidence is clear."""
     max_fallback_rate: Rate = 0.25
     """Share of canary requests re-served by stable above which the rollout rolls back at once."""
+    max_result_mismatch_rate: Rate = 0.05
+    """Share of shadow comparisons with a canary result different from stable's above which the rollout
+    rolls back at once, in any phase, as soon as the evidence is clear (with traffic.shadow only)."""
     max_latency_increase: Duration = timedelta(seconds=2)
     """Canary p95 minus stable p95 above which the rollout rolls back at once (judged by counting the
     canary requests slower than stable's p95 plus this)."""
@@ -274,7 +284,9 @@ class RollbackSettings(ApiModel):
 class ShadowSettings(ApiModel):
     """Shadow comparison by the bundled router: copies of stable-served requests go to the canary in the
     background and the answers are compared (docs/router.md), which catches results that are wrong without
-    failing. Off with the gatewayAPI and replicas providers, which have no router."""
+    failing (judged by the phases' maxResultMismatchRate and rollback.maxResultMismatchRate). Only with the
+    router provider: the API server refuses a fraction above 0 with gatewayAPI or replicas, which have no
+    router, and the ShadowComparison condition says why shadowing is off."""
 
     fraction: Rate = 0.0
     """Share of stable-served requests that are safe to repeat (reads and backtest runs, never uploads or job
@@ -329,6 +341,12 @@ SPEC_RULES: list[dict[str, str]] = [
         f"{list(ENGINE_LATENCY_BUCKETS_MS)}.exists(b, duration(self.analysis.latencyObjective).getMilliseconds() == b)",
         "message": "without the router, analysis.latencyObjective must be a bucket bound of the engine's latency "
         "histogram (5ms, 10ms, 25ms, 50ms, 100ms, 250ms, 500ms, 1s, 2s, 2.5s, 5s, 10s, 30s, 60s)",
+    },
+    {
+        "rule": "self.traffic.provider == 'router' || !has(self.traffic.shadow) || "
+        "!has(self.traffic.shadow.fraction) || self.traffic.shadow.fraction == 0.0",
+        "message": "traffic.shadow.fraction needs the router provider: the gatewayAPI and replicas providers have "
+        "no router to send shadow copies and compare the answers; set it to 0 or use provider router",
     },
 ]
 

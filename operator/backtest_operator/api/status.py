@@ -78,6 +78,31 @@ class TrackNumbers(ApiModel):
     latency_p95_seconds: float | None = None
 
 
+SHADOW_TOP_FIELDS = 5
+"""Mismatching result fields kept in status (the most frequent first)."""
+
+
+class FieldCount(ApiModel):
+    """A result field and how many comparisons it mismatched in."""
+
+    field: str
+    count: float
+
+
+class ShadowNumbers(ApiModel):
+    """What the router's shadow comparisons found over the phase so far (docs/metrics-contract.md)."""
+
+    comparisons: float = 0.0
+    """Judged comparisons: match plus mismatch."""
+    mismatches: float = 0.0
+    errors: float = 0.0
+    """Shadow copies without a comparable canary answer (timeout, transport failure, 5xx, 429)."""
+    skipped: float = 0.0
+    """Sampled requests not copied because the in-flight limit was full."""
+    top_fields: list[FieldCount] = Field(default_factory=list, max_length=SHADOW_TOP_FIELDS)
+    """The most frequently mismatching result fields, at most five."""
+
+
 class AnalysisRecord(ApiModel):
     """The latest evaluation, with the numbers behind it."""
 
@@ -89,6 +114,8 @@ class AnalysisRecord(ApiModel):
     canary: TrackNumbers = Field(default_factory=TrackNumbers)
     stable: TrackNumbers = Field(default_factory=TrackNumbers)
     checks: list[CheckResult] = Field(default_factory=list)
+    shadow: ShadowNumbers | None = None
+    """Shadow comparisons of canary results against stable's over the phase, while shadowing is on."""
 
 
 class Outcome(StrEnum):

@@ -20,7 +20,7 @@ from backtest_devtools.rollout_sim import (
     record,
     schedule,
 )
-from backtest_operator.api import BacktestServiceSpec, TrackNumbers
+from backtest_operator.api import BacktestServiceSpec, ShadowNumbers, TrackNumbers
 from backtest_operator.histograms import Histogram
 from backtest_operator.recordings import Interval
 from backtest_operator.simulate import Outcome, replay
@@ -59,7 +59,10 @@ def intervals_of(rec: Recording, run: int, spec: BacktestServiceSpec) -> list[In
             track: Histogram(ROUTER_BUCKETS, tuple(buckets[run, column, :-1]), float(buckets[run, column, -1]))
             for track, buckets in (("canary", rec.buckets), ("stable", rec.stable_buckets))
         }
-        found.append(Interval(T0 + column * step, {"canary": canary, "stable": stable}, 0, latency))
+        shadow = None
+        if rec.comparisons is not None and rec.mismatches is not None:
+            shadow = ShadowNumbers(comparisons=rec.comparisons[run, column], mismatches=rec.mismatches[run, column])
+        found.append(Interval(T0 + column * step, {"canary": canary, "stable": stable}, 0, latency, shadow))
     return found
 
 
@@ -77,12 +80,22 @@ CASES = {
     "slower-than-stable": NoiseModel(200, 4, fault=Fault(Behaviour(median_seconds=0.3)), seed=17),
     "slow-tail": NoiseModel(40, 4, fault=Fault(Behaviour(slow_rate=0.1)), seed=18),
     "at-the-limit": NoiseModel(200, 4, stable=Behaviour(error_rate=0.02), canary=Behaviour(error_rate=0.02), seed=19),
+    "shadow-healthy": NoiseModel(40, 3, canary=Behaviour(mismatch_rate=0.0005), shadow_fraction=0.1, seed=20),
+    "shadow-wrong-5": NoiseModel(40, 4, fault=Fault(Behaviour(mismatch_rate=0.05)), shadow_fraction=0.1, seed=21),
+    "shadow-wrong-late": NoiseModel(
+        200, 4, fault=Fault(Behaviour(mismatch_rate=0.02), start_seconds=240), shadow_fraction=0.1, seed=22
+    ),
 }
+SHADOWED = {"shadow-healthy", "shadow-wrong-5", "shadow-wrong-late"}
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_vectorized_policy_ends_each_run_like_the_policy_replay_when_given_the_same_recording(case):
-    spec = SPEC if case == "healthy" else SHORT
+    spec = SPEC if case in ("healthy", "shadow-healthy") else SHORT
+    if case in SHADOWED:
+        spec = BacktestServiceSpec.model_validate(
+            {**spec.model_dump(mode="json", by_alias=True), "traffic": {"shadow": {"fraction": 0.1}}}
+        )
     rec = record(spec, CASES[case], keep_buckets=True)
     verdicts = judge_policy(spec, rec)
     for run in range(rec.requests.shape[0]):
@@ -134,3 +147,15 @@ def test_noise_model_counts_slow_requests_exactly_at_the_objective_bucket_when_d
     assert share == pytest.approx(0.1, abs=0.005)
     assert np.all(canary.buckets[:, -1] == canary.requests)
     assert stable.requests.mean() == pytest.approx(1500, rel=0.02)
+
+
+def test_shadow_cases_are_judged_by_the_comparison_when_results_are_wrong_and_promoted_when_right():
+    """The replays above are not vacuous: the wrong releases are rolled back by a result-mismatch check."""
+    spec = BacktestServiceSpec.model_validate(
+        {**SHORT.model_dump(mode="json", by_alias=True), "traffic": {"shadow": {"fraction": 0.1}}}
+    )
+    wrong = judge_policy(spec, record(spec, CASES["shadow-wrong-5"]))
+    assert np.all(wrong.outcome == ROLLED_BACK)
+    assert set(wrong.check) <= {"result_mismatch_rate", "result_mismatch_trigger"}
+    right = judge_policy(spec, record(spec, NoiseModel(40, 20, shadow_fraction=0.1, seed=23)))
+    assert np.all(right.outcome == PROMOTED)
