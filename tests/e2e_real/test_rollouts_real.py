@@ -282,7 +282,7 @@ def test_results_written_before_a_rollout_are_readable_from_the_new_revision(rol
     assert created.status_code in (200, 201), created.text
     backtest_id = created.json()["id"]
 
-    rollout.send_traffic(url)  # the phases are judged on live traffic
+    rollout.send_traffic(url, rate=8.0)  # the phases are judged on live traffic; the results are the point
     entry = rollout.release(spec(node_image("backtest-engine:real-2")))
     assert entry["outcome"] == "promoted", entry
     rollout.wait(lambda s: s.get("phase") == "Healthy", 120, "the bake window ending")

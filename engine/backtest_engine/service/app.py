@@ -26,6 +26,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import APIKeyHeader
 
 from backtest_engine import __version__
+from backtest_engine.backtest import run_backtest
+from backtest_engine.data import synthetic_ohlcv
 from backtest_engine.errors import EngineError, InvalidData
 from backtest_engine.metrics import metric_names
 from backtest_engine.optimize import parameter_grid, random_parameters
@@ -86,6 +88,13 @@ def current_principal(request: Request, api_key: Annotated[str | None, Security(
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
+
+
+def warm_up() -> None:
+    """One small backtest before the server accepts requests (so before readiness answers): the first
+    requests a new pod serves, a canary's or an evicted pod's replacement's, then do not pay for first-call
+    set-up, which a rollout comparing the canary's latency with stable's would read as the release's."""
+    run_backtest(synthetic_ohlcv(300, seed=0), "sma_crossover", {"fast": 5, "slow": 20})
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -150,6 +159,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         log.info("event=started version=%s track=%s database=%s", settings.version, settings.track, store.describe())
         with contextlib.suppress(ServiceProblem):
             ensure_schema()
+        await asyncio.to_thread(warm_up)
         if isinstance(jobs, Sweeps):
             await jobs.start()
         else:
