@@ -99,7 +99,13 @@ def _rolled_back_by(
     """Start a faulty release; return the seconds from the canary's first phase starting to the rollback,
     both as the operator recorded them."""
     traffic = start_release(rollout_lab, traffic_rate, canary_faults=faults, **spec)
-    first = canary_taking_traffic(rollout_lab)
+    # A trigger may act on the traffic the canary already has while its first weight is still being
+    # confirmed: then the rollback comes before any phase clock starts.
+    first = rollout_lab.wait(
+        lambda s: (s.get("canaryWeight", 0) > 0 and s.get("phaseStartedAt")) or s.get("phase") == "Degraded",
+        rollout_lab.timing.evaluations(3) + STARTUP,
+        "the canary's first phase, or its rollback",
+    )
     status = rollout_lab.wait(
         lambda s: s.get("phase") == "Degraded", rollout_lab.timing.rollout(), "the automatic rollback"
     )
@@ -109,9 +115,18 @@ def _rolled_back_by(
     assert status["canaryWeight"] == 0
     rollout_lab.wait_router_weight(0, rollout_lab.timing.evaluations(1))
     stop_traffic(traffic)
-    detection = seconds_between(first["phaseStartedAt"], entry["finishedAt"])
+    started = first.get("phaseStartedAt") if first.get("phase") != "Degraded" else None
+    detection = seconds_between(started or _first_traffic_shift(rollout_lab), entry["finishedAt"])
     print(f"\ndetection {detection:.1f}s after the canary took traffic ({entry['check']}: {entry['reason']})")
     return detection
+
+
+def _first_traffic_shift(rollout_lab: Lab) -> str:
+    """When the operator first gave the canary a weight (its TrafficShifted event), as RFC 3339."""
+    shifts = [e for e in rollout_lab.events() if e.reason == "TrafficShifted"]
+    assert shifts, "the canary was never given a weight"
+    moment = min(e.first_timestamp or e.metadata.creation_timestamp for e in shifts)
+    return str(moment.isoformat())
 
 
 def test_release_with_errors_is_rolled_back_within_an_interval_when_canary_fails_15_percent(rollout_lab):
